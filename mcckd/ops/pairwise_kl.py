@@ -1,0 +1,332 @@
+"""Fused log-softmax + all-pairs symmetric KL over K rows of vocabulary-sized logits.
+
+Math (DESIGN.md; `reference.py` is the specification). For group g with k valid rows of
+scaled logits y_i = x_i / T, log-probabilities l_i and p_i = exp(l_i):
+
+    S   = sum_{i<j} KL(p_i||p_j) + KL(p_j||p_i) = k * sum_i c_i,   c_i = <p_i, l_i - lbar>
+    L_g = S / (k (k - 1))                         (0 for k < 2, left out of the mean)
+    dS/dy_i = k p_i (1 + (l_i - lbar) - c_i) - P,  P = sum_j p_j,  dS/dx_i = dS/dy_i / T
+
+Forward, one read of the logits: a program walks the vocabulary in [K, BLOCK_V] tiles and
+keeps per row the running max m_i, d_i = sum_v e_iv with e_iv = exp(y_iv - m_i), and
+C_i = sum_v e_iv w_iv, where w_iv = (y_iv - m_i) - mean_j (y_jv - m_j) is a centred, shifted
+logit: O(difference between the rows), never O(logit), so near-identical rows keep their
+precision. When the maxima grow by delta_i, every w_i moves by -(delta_i - mean_j delta_j),
+so C_i <- exp(-delta_i) (C_i - (delta_i - mean delta) d_i). At the end
+c_i = C_i / d_i - (log d_i - mean_j log d_j) and lse_i = m_i + log d_i are saved. With few
+groups the vocabulary is split across programs and the partial (m, d, C) are merged the same
+way by a second small kernel.
+
+Backward, one read of the logits and one write of the gradient: p and l - lbar are rebuilt
+from the saved lse, and the gradient formula above is applied tile by tile.
+All arithmetic is float32; offsets are int64.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from mcckd.ops.launch import check_triton_can_run, target_programs
+from mcckd.ops.reference import REDUCTIONS, pairwise_sym_kl_reference, reduce_group_losses
+from mcckd.ops.validation import FLOAT_DTYPES, check_choice, check_positive_finite, check_shape, check_tensor
+
+BACKENDS = ("auto", "triton", "torch")
+MAX_TRITON_K = 16
+# Below -1e30 the running max is "no finite value seen yet": finite, so deltas stay finite.
+_NO_MAX = -1e30
+
+
+@triton.jit
+def _load_scaled_tile(x_ptr, g, rows, valid, cols, col_limit, stride_g, stride_k, inv_t):
+    """y [K_PAD, BLOCK_V] = x / T in float32; -inf outside valid rows and columns."""
+    offsets = g * stride_g + rows.to(tl.int64)[:, None] * stride_k + cols[None, :]
+    mask = valid[:, None] & (cols < col_limit)[None, :]
+    return tl.load(x_ptr + offsets, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
+
+
+@triton.jit
+def _centre(u, valid, n):
+    """u - mean over valid rows of u, per column; -inf or nan where p = 0 (masked later)."""
+    mean = tl.sum(tl.where(valid[:, None], u, 0.0), axis=0) / n
+    return u - mean[None, :]
+
+
+@triton.jit
+def _row_stats_of(x_ptr, g, rows, valid, n, col_start, col_end, V, stride_g, stride_k, inv_t,
+                  K_PAD: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Online (m, d, C) per row over columns [col_start, col_end) of group g."""
+    m = tl.full([K_PAD], _NO_MAX, tl.float32)
+    d = tl.zeros([K_PAD], tl.float32)
+    c = tl.zeros([K_PAD], tl.float32)
+    for v0 in range(col_start, col_end, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        y = _load_scaled_tile(x_ptr, g, rows, valid, cols, col_end, stride_g, stride_k, inv_t)
+        m_new = tl.maximum(m, tl.max(y, axis=1))
+        delta = m_new - m
+        delta_bar = tl.sum(tl.where(valid, delta, 0.0), axis=0) / n
+        scale = tl.exp(-delta)
+        c = scale * (c - (delta - delta_bar) * d)
+        d = scale * d
+        u = y - m_new[:, None]
+        e = tl.exp(u)
+        w = _centre(u, valid, n)
+        c += tl.sum(tl.where(e > 0.0, e * w, 0.0), axis=1)
+        d += tl.sum(e, axis=1)
+        m = m_new
+    return m, d, c
+
+
+@triton.jit
+def _finish_group(g, rows, row_in, valid, m, d, c, lse_ptr, centred_ptr, loss_ptr, K):
+    """From final (m, d, C): store lse_i, c_i and the group loss S / (n (n - 1))."""
+    n_true = tl.sum(valid.to(tl.float32), axis=0)
+    n = tl.maximum(n_true, 1.0)
+    log_d = tl.log(d)
+    mean_log_d = tl.sum(tl.where(valid, log_d, 0.0), axis=0) / n
+    c_over_d = tl.where(valid, c / d, 0.0)
+    centred = c_over_d - (log_d - mean_log_d)
+    s = n * tl.sum(c_over_d, axis=0)
+    pairs = n_true * (n_true - 1.0)
+    loss = tl.where(pairs > 0.0, s / tl.maximum(pairs, 1.0), 0.0)
+    tl.store(lse_ptr + g * K + rows, m + log_d, mask=row_in)
+    tl.store(centred_ptr + g * K + rows, centred, mask=row_in)
+    tl.store(loss_ptr + g, loss)
+
+
+@triton.jit
+def _rows_of_group(valid_ptr, g, K, K_PAD: tl.constexpr, HAS_VALID: tl.constexpr):
+    """Row indices, rows < K, the valid mask and max(count of valid rows, 1) for group g."""
+    rows = tl.arange(0, K_PAD)
+    row_in = rows < K
+    if HAS_VALID:
+        valid = (tl.load(valid_ptr + g * K + rows, mask=row_in, other=0) != 0) & row_in
+    else:
+        valid = row_in
+    n = tl.maximum(tl.sum(valid.to(tl.float32), axis=0), 1.0)
+    return rows, row_in, valid, n
+
+
+@triton.jit
+def _pairwise_kl_fwd_kernel(
+    x_ptr, valid_ptr, lse_ptr, centred_ptr, loss_ptr, part_ptr,
+    K, V, stride_g, stride_k, cols_per_split, inv_t,
+    K_PAD: tl.constexpr, BLOCK_V: tl.constexpr, HAS_VALID: tl.constexpr, SPLIT: tl.constexpr,
+):
+    """Program (g, s): stats of group g over split s; finishes the group when unsplit.
+
+    part [G, num_splits, 3, K_PAD] receives (m, d, C) when SPLIT.
+    """
+    g = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1).to(tl.int64)
+    rows, row_in, valid, n = _rows_of_group(valid_ptr, g, K, K_PAD, HAS_VALID)
+    col_start = s * cols_per_split
+    col_end = tl.minimum(col_start + cols_per_split, V)
+    m, d, c = _row_stats_of(x_ptr, g, rows, valid, n, col_start, col_end, V, stride_g, stride_k,
+                            inv_t, K_PAD, BLOCK_V)
+    if SPLIT:
+        base = part_ptr + (g * tl.num_programs(1) + s) * 3 * K_PAD
+        tl.store(base + rows, m)
+        tl.store(base + K_PAD + rows, d)
+        tl.store(base + 2 * K_PAD + rows, c)
+    else:
+        _finish_group(g, rows, row_in, valid, m, d, c, lse_ptr, centred_ptr, loss_ptr, K)
+
+
+@triton.jit
+def _pairwise_kl_merge_kernel(
+    part_ptr, valid_ptr, lse_ptr, centred_ptr, loss_ptr, K, num_splits,
+    K_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr, HAS_VALID: tl.constexpr,
+):
+    """Program g: merge the per-split (m, d, C) of group g, then finish it.
+
+    With M_i = max_s m_si and delta_si = M_i - m_si:
+    C_i = sum_s exp(-delta_si) (C_si - (delta_si - mean_j delta_sj) d_si), d_i likewise.
+    """
+    g = tl.program_id(0).to(tl.int64)
+    rows, row_in, valid, n = _rows_of_group(valid_ptr, g, K, K_PAD, HAS_VALID)
+    splits = tl.arange(0, SPLITS_PAD)
+    base = part_ptr + g * num_splits * 3 * K_PAD + splits[:, None] * 3 * K_PAD + rows[None, :]
+    split_in = (splits < num_splits)[:, None]
+    m_s = tl.load(base, mask=split_in, other=_NO_MAX)
+    d_s = tl.load(base + K_PAD, mask=split_in, other=0.0)
+    c_s = tl.load(base + 2 * K_PAD, mask=split_in, other=0.0)
+    m = tl.max(m_s, axis=0)
+    delta = m[None, :] - m_s
+    delta_bar = tl.sum(tl.where(valid[None, :], delta, 0.0), axis=1) / n
+    scale = tl.exp(-delta)
+    c = tl.sum(scale * (c_s - (delta - delta_bar[:, None]) * d_s), axis=0)
+    d = tl.sum(scale * d_s, axis=0)
+    _finish_group(g, rows, row_in, valid, m, d, c, lse_ptr, centred_ptr, loss_ptr, K)
+
+
+@triton.jit
+def _pairwise_kl_bwd_kernel(
+    x_ptr, valid_ptr, lse_ptr, centred_ptr, coef_ptr, grad_ptr,
+    K, V, stride_g, stride_k, inv_t,
+    K_PAD: tl.constexpr, BLOCK_V: tl.constexpr, HAS_VALID: tl.constexpr,
+):
+    """Program (g, b): grad of columns block b of group g, scaled by coef[g] (= dLoss/dS_g / T).
+
+    grad_i = coef * (n p_i (1 + (l_i - lbar) - c_i) - P) on valid rows, 0 elsewhere.
+    """
+    g = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    rows, row_in, valid, n = _rows_of_group(valid_ptr, g, K, K_PAD, HAS_VALID)
+    y = _load_scaled_tile(x_ptr, g, rows, valid, cols, V, stride_g, stride_k, inv_t)
+    lse = tl.load(lse_ptr + g * K + rows, mask=valid, other=0.0)
+    centred_mean = tl.load(centred_ptr + g * K + rows, mask=valid, other=0.0)
+    coef = tl.load(coef_ptr + g)
+    logp = y - lse[:, None]
+    p = tl.exp(logp)
+    total_p = tl.sum(p, axis=0)
+    centred = _centre(logp, valid, n)
+    own = tl.where(p > 0.0, n * p * (1.0 + centred - centred_mean[:, None]), 0.0)
+    grad = tl.where(valid[:, None], coef * (own - total_p[None, :]), 0.0)
+    offsets = g * stride_g + rows.to(tl.int64)[:, None] * stride_k + cols[None, :]
+    out_mask = row_in[:, None] & (cols < V)[None, :]
+    tl.store(grad_ptr + offsets, grad.to(grad_ptr.dtype.element_ty), mask=out_mask)
+
+
+def _tile_config(K, V):
+    """(K_PAD, BLOCK_V, num_warps): tiles of about 4096 values, never wider than V needs."""
+    k_pad = triton.next_power_of_2(K)
+    block_v = max(16, min(4096 // k_pad, triton.next_power_of_2(V)))
+    return k_pad, block_v, 8 if k_pad * block_v >= 4096 else 4
+
+
+def _num_splits(G, V, block_v, device):
+    """Split the vocabulary over programs when the groups alone would leave the GPU idle."""
+    blocks = triton.cdiv(V, block_v)
+    return max(1, min(triton.cdiv(target_programs(device), G), blocks, 64))
+
+
+def pairwise_kl_forward(logits, valid, inv_t, num_splits=None):
+    """Launch the forward: returns (group_loss [G], lse [G, K], centred [G, K]) in float32."""
+    G, K, V = logits.shape
+    k_pad, block_v, num_warps = _tile_config(K, V)
+    if num_splits is None:
+        num_splits = _num_splits(G, V, block_v, logits.device)
+    cols_per_split = triton.cdiv(triton.cdiv(V, num_splits), block_v) * block_v
+    num_splits = triton.cdiv(V, cols_per_split)
+    f32 = dict(dtype=torch.float32, device=logits.device)
+    lse, centred = torch.empty(G, K, **f32), torch.empty(G, K, **f32)
+    group_loss = torch.empty(G, **f32)
+    split = num_splits > 1
+    partials = torch.empty(G, num_splits, 3, k_pad, **f32) if split else group_loss
+    has_valid = valid is not None
+    valid_arg = valid if has_valid else group_loss
+    _pairwise_kl_fwd_kernel[(G, num_splits)](
+        logits, valid_arg, lse, centred, group_loss, partials,
+        K, V, logits.stride(0), logits.stride(1), cols_per_split, inv_t,
+        K_PAD=k_pad, BLOCK_V=block_v, HAS_VALID=has_valid, SPLIT=split, num_warps=num_warps,
+    )
+    if split:
+        _pairwise_kl_merge_kernel[(G,)](
+            partials, valid_arg, lse, centred, group_loss, K, num_splits,
+            K_PAD=k_pad, SPLITS_PAD=triton.next_power_of_2(num_splits), HAS_VALID=has_valid,
+        )
+    return group_loss, lse, centred
+
+
+def pairwise_kl_backward(logits, valid, inv_t, lse, centred, coef):
+    """Launch the backward: gradient [G, K, V] in logits' dtype; coef [G] = dLoss/dS_g / T."""
+    G, K, V = logits.shape
+    k_pad, block_v, num_warps = _tile_config(K, V)
+    grad = torch.empty(G, K, V, dtype=logits.dtype, device=logits.device)
+    has_valid = valid is not None
+    _pairwise_kl_bwd_kernel[(G, triton.cdiv(V, block_v))](
+        logits, valid if has_valid else coef, lse, centred, coef, grad,
+        K, V, logits.stride(0), logits.stride(1), inv_t,
+        K_PAD=k_pad, BLOCK_V=block_v, HAS_VALID=has_valid, num_warps=num_warps,
+    )
+    return grad
+
+
+def _pairs_weight(valid, G, K, device):
+    """Per-group 1 / (k_g (k_g - 1)) and whether k_g >= 2, from valid [G, K] or None."""
+    k = valid.sum(dim=1, dtype=torch.float32) if valid is not None else torch.full((G,), float(K), device=device)
+    pairs = k * (k - 1)
+    return torch.where(pairs > 0, 1.0 / pairs.clamp(min=1), torch.zeros_like(pairs)), pairs > 0
+
+
+class PairwiseSymKLFunction(torch.autograd.Function):
+    """Autograd wrapper around the Triton launches; returns the per-group losses [G]."""
+
+    @staticmethod
+    def forward(ctx, logits, valid, temperature, num_splits=None):
+        inv_t = 1.0 / temperature
+        group_loss, lse, centred = pairwise_kl_forward(logits, valid, inv_t, num_splits)
+        ctx.save_for_backward(logits, valid, lse, centred)
+        ctx.inv_t = inv_t
+        return group_loss
+
+    @staticmethod
+    def backward(ctx, grad_group_loss):
+        logits, valid, lse, centred = ctx.saved_tensors
+        G, K, _ = logits.shape
+        pair_weight, _ = _pairs_weight(valid, G, K, logits.device)
+        coef = (grad_group_loss.float() * pair_weight * ctx.inv_t).contiguous()
+        grad = pairwise_kl_backward(logits, valid, ctx.inv_t, lse, centred, coef)
+        return grad, None, None, None
+
+
+def _check_inputs(logits, valid, temperature, reduction, backend):
+    check_tensor("logits", logits, ndim=3, dtypes=FLOAT_DTYPES + (torch.float64,))
+    G, K, V = logits.shape
+    if K < 2:
+        raise ValueError(f"logits must have K >= 2 rationales per group (shape [G, K, V]), got K={K}")
+    if V < 1:
+        raise ValueError(f"logits must have a vocabulary of at least 1 (shape [G, K, V]), got V={V}")
+    if valid is not None:
+        check_tensor("valid", valid, ndim=2, dtypes=(torch.bool,), device=logits.device)
+        check_shape("valid", valid, (G, K))
+    check_positive_finite("temperature", temperature)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("backend", backend, BACKENDS)
+
+
+def _resolve_backend(logits, backend):
+    """'auto' -> Triton on CUDA, reference elsewhere; check that 'triton' can run here."""
+    if backend == "auto":
+        return "triton" if logits.is_cuda and logits.dtype != torch.float64 else "torch"
+    if backend == "triton":
+        if logits.dtype == torch.float64:
+            raise ValueError("logits must be float32, bfloat16 or float16 for backend='triton' (float64: use backend='torch')")
+        if logits.shape[1] > MAX_TRITON_K:
+            raise ValueError(f"logits must have K <= {MAX_TRITON_K} for backend='triton', got K={logits.shape[1]} (use backend='torch')")
+        check_triton_can_run("logits", logits, _pairwise_kl_fwd_kernel)
+    return backend
+
+
+def pairwise_sym_kl(logits, valid=None, *, temperature=1.0, reduction="mean", backend="auto"):
+    """Mean over pairs of half the symmetric KL between the K rows of each group.
+
+    logits [G, K, V] float32/bfloat16/float16; valid [G, K] bool or None (all rows valid).
+    Returns a float32 scalar ("mean" over groups with >= 2 valid rows, 0.0 when none; "sum"),
+    or [G] float32 ("none"). The gradient flows to logits in logits' dtype.
+    """
+    _check_inputs(logits, valid, temperature, reduction, backend)
+    backend = _resolve_backend(logits, backend)
+    if backend == "torch":
+        return pairwise_sym_kl_reference(logits, valid, temperature, reduction)
+    if logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    group_loss = PairwiseSymKLFunction.apply(logits, valid.contiguous() if valid is not None else None, float(temperature))
+    _, has_pairs = _pairs_weight(valid, *logits.shape[:2], logits.device)
+    return reduce_group_losses(group_loss, has_pairs, reduction)
+
+
+class PairwiseSymKL(torch.nn.Module):
+    """Module form of `pairwise_sym_kl` with fixed temperature, reduction and backend."""
+
+    def __init__(self, temperature=1.0, reduction="mean", backend="auto"):
+        super().__init__()
+        check_positive_finite("temperature", temperature)
+        check_choice("reduction", reduction, REDUCTIONS)
+        check_choice("backend", backend, BACKENDS)
+        self.temperature, self.reduction, self.backend = temperature, reduction, backend
+
+    def forward(self, logits, valid=None):
+        return pairwise_sym_kl(logits, valid, temperature=self.temperature, reduction=self.reduction, backend=self.backend)
+
+    def extra_repr(self):
+        return f"temperature={self.temperature}, reduction={self.reduction!r}, backend={self.backend!r}"

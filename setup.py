@@ -1,0 +1,37 @@
+"""mcckd: Multi-CoT Consistent Knowledge Distillation with fused Triton kernels."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="mcckd",
+    version="0.1.0",
+    description="Multi-CoT Consistent Knowledge Distillation (MCC-KD) with fused Triton kernels",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mcckd", "mcckd.*"]),
+    install_requires=[
+        # torch is pinned by the installer (CPU build in CI, CUDA build on GPUs): a range here.
+        "torch>=2.4",
+        "triton>=3.0",
+        "transformers>=4.48",
+        "tokenizers>=0.20",
+        "safetensors>=0.4",
+        "peft>=0.13",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+        "tensorboard>=2.15",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "pytest-benchmark>=4.0"],
+        "bench": ["pytest-benchmark>=4.0", "matplotlib>=3.8"],
+        "flash": ["flash-attn>=2.6"],
+        "dev": ["pytest>=8.0", "pytest-benchmark>=4.0", "ruff>=0.5"],
+    },
+    entry_points={"console_scripts": ["mcckd=mcckd.cli:main"]},
+)
