@@ -1,0 +1,45 @@
+"""pairwise_sym_kl forward and forward+backward, per provider (DESIGN.md, Benchmarks).
+
+`gbps` counts 3 passes over the logits for fwd+bwd (read, read, write: 6 bytes per bf16 logit).
+"""
+import itertools
+
+import pytest
+import torch
+
+from common import DEVICE, DTYPES, FULL_GRID, ON_CUDA, measure, median_ms, record
+from providers import pairwise_providers
+
+if ON_CUDA:
+    DEFAULT = [(512, 4, 32000), (512, 4, 128256), (512, 4, 151936), (64, 4, 128256),
+               (4096, 4, 128256), (512, 2, 128256), (512, 8, 128256)]
+    SHAPES = list(itertools.product((64, 512, 4096), (2, 4, 8), (32000, 128256, 151936))) if FULL_GRID else DEFAULT
+    DTYPE = "bf16"
+    # torch.compile recompiles per shape: only on the shapes the README quotes, unless FULL_GRID.
+    COMPILE_SHAPES = SHAPES if FULL_GRID else [s for s in DEFAULT if s[:2] == (512, 4)]
+else:
+    SHAPES = COMPILE_SHAPES = [(16, 4, 4096)]
+    DTYPE = "fp32"
+PROVIDERS = pairwise_providers(ON_CUDA)
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+@pytest.mark.parametrize("G, K, V", SHAPES, ids=[f"G{g}-K{k}-V{v}" for g, k, v in SHAPES])
+def test_pairwise_sym_kl(benchmark, G, K, V, provider):
+    if provider == "torch_compile" and (G, K, V) not in COMPILE_SHAPES:
+        pytest.skip("torch.compile is timed on the quoted shapes only (MCCKD_BENCH_FULL=1 for all)")
+    loss_fn = PROVIDERS[provider]
+    dtype = DTYPES[DTYPE]
+    logits = (2.0 * torch.randn(G, K, V, device=DEVICE)).to(dtype).requires_grad_()
+
+    def forward_backward():
+        return torch.autograd.grad(loss_fn(logits), logits)
+
+    ms_fwd_bwd, peak_mb = measure(benchmark, forward_backward)
+    ms_fwd = median_ms(lambda: loss_fn(logits)) if ms_fwd_bwd is not None else None
+    bytes_moved = 3 * logits.element_size() * logits.numel()
+    record("pairwise_sym_kl", {
+        "G": G, "K": K, "V": V, "dtype": DTYPE, "provider": provider,
+        "ms_fwd_bwd": ms_fwd_bwd, "ms_fwd": ms_fwd, "peak_mb": peak_mb,
+        "gbps": bytes_moved / (ms_fwd_bwd * 1e-3) / 1e9 if ms_fwd_bwd else None,
+    })
