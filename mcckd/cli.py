@@ -11,6 +11,7 @@ from mcckd.errors import InputError
 
 # name -> (module, one-line help)
 COMMANDS = {
+    "prepare": ("mcckd.data.prepare", "choose the K most diverse correct teacher rationales per question"),
 }
 
 

@@ -13,14 +13,17 @@ C_i = sum_v e_iv w_iv, where w_iv = (y_iv - m_i) - mean_j (y_jv - m_j) is a cent
 logit: O(difference between the rows), never O(logit), so near-identical rows keep their
 precision. When the maxima grow by delta_i, every w_i moves by -(delta_i - mean_j delta_j),
 so C_i <- exp(-delta_i) (C_i - (delta_i - mean delta) d_i). At the end
-c_i = C_i / d_i - (log d_i - mean_j log d_j) and lse_i = m_i + log d_i are saved. With few
+c_i = C_i / d_i - (log d_i - mean_j log d_j), m_i and log d_i are saved (not their sum, the
+log-sum-exp: with logits of 1e4 it would round off log d_i). With few
 groups the vocabulary is split across programs and the partial (m, d, C) are merged the same
 way by a second small kernel.
 
 Backward, one read of the logits and one write of the gradient: p and l - lbar are rebuilt
-from the saved lse, and the gradient formula above is applied tile by tile.
+as l_i = (y_i - m_i) - log d_i, and the gradient formula above is applied tile by tile.
 All arithmetic is float32; offsets are int64.
 """
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
@@ -32,7 +35,7 @@ from mcckd.ops.validation import FLOAT_DTYPES, check_choice, check_positive_fini
 BACKENDS = ("auto", "triton", "torch")
 MAX_TRITON_K = 16
 # Below -1e30 the running max is "no finite value seen yet": finite, so deltas stay finite.
-_NO_MAX = -1e30
+_NO_MAX = tl.constexpr(-1e30)
 
 
 @triton.jit
@@ -44,14 +47,21 @@ def _load_scaled_tile(x_ptr, g, rows, valid, cols, col_limit, stride_g, stride_k
 
 
 @triton.jit
-def _centre(u, valid, n):
-    """u - mean over valid rows of u, per column; -inf or nan where p = 0 (masked later)."""
-    mean = tl.sum(tl.where(valid[:, None], u, 0.0), axis=0) / n
-    return u - mean[None, :]
+def _centre(x, row_mask, pivot_mask, n, AXIS: tl.constexpr):
+    """x minus its mean over the valid rows (along AXIS; masks broadcast against x).
+
+    Computed as (x - x_pivot) - mean(x - x_pivot), around the first valid row: rows that are
+    nearly equal give differences that are exact in float32, so the small centred value keeps
+    its precision. -inf entries give nan or +-inf, masked by the callers where p = 0.
+    """
+    pivot = tl.sum(tl.where(pivot_mask, x, 0.0), axis=AXIS, keep_dims=True)
+    pivot = tl.where(pivot > float("-inf"), pivot, 0.0)
+    diff = x - pivot
+    return diff - tl.sum(tl.where(row_mask, diff, 0.0), axis=AXIS, keep_dims=True) / n
 
 
 @triton.jit
-def _row_stats_of(x_ptr, g, rows, valid, n, col_start, col_end, V, stride_g, stride_k, inv_t,
+def _row_stats_of(x_ptr, g, rows, valid, is_pivot, n, col_start, col_end, V, stride_g, stride_k, inv_t,
                   K_PAD: tl.constexpr, BLOCK_V: tl.constexpr):
     """Online (m, d, C) per row over columns [col_start, col_end) of group g."""
     m = tl.full([K_PAD], _NO_MAX, tl.float32)
@@ -62,13 +72,12 @@ def _row_stats_of(x_ptr, g, rows, valid, n, col_start, col_end, V, stride_g, str
         y = _load_scaled_tile(x_ptr, g, rows, valid, cols, col_end, stride_g, stride_k, inv_t)
         m_new = tl.maximum(m, tl.max(y, axis=1))
         delta = m_new - m
-        delta_bar = tl.sum(tl.where(valid, delta, 0.0), axis=0) / n
         scale = tl.exp(-delta)
-        c = scale * (c - (delta - delta_bar) * d)
+        c = scale * (c - _centre(delta, valid, is_pivot, n, 0) * d)
         d = scale * d
         u = y - m_new[:, None]
         e = tl.exp(u)
-        w = _centre(u, valid, n)
+        w = _centre(u, valid[:, None], is_pivot[:, None], n, 0)
         c += tl.sum(tl.where(e > 0.0, e * w, 0.0), axis=1)
         d += tl.sum(e, axis=1)
         m = m_new
@@ -76,39 +85,43 @@ def _row_stats_of(x_ptr, g, rows, valid, n, col_start, col_end, V, stride_g, str
 
 
 @triton.jit
-def _finish_group(g, rows, row_in, valid, m, d, c, lse_ptr, centred_ptr, loss_ptr, K):
-    """From final (m, d, C): store lse_i, c_i and the group loss S / (n (n - 1))."""
+def _finish_group(g, rows, row_in, valid, is_pivot, m, d, c, stats_ptr, loss_ptr, G, K):
+    """From final (m, d, C): store stats [3, G, K] = (m_i, log d_i, c_i) and the group
+    loss S / (n (n - 1))."""
     n_true = tl.sum(valid.to(tl.float32), axis=0)
     n = tl.maximum(n_true, 1.0)
     log_d = tl.log(d)
-    mean_log_d = tl.sum(tl.where(valid, log_d, 0.0), axis=0) / n
     c_over_d = tl.where(valid, c / d, 0.0)
-    centred = c_over_d - (log_d - mean_log_d)
+    centred = c_over_d - _centre(log_d, valid, is_pivot, n, 0)
     s = n * tl.sum(c_over_d, axis=0)
     pairs = n_true * (n_true - 1.0)
     loss = tl.where(pairs > 0.0, s / tl.maximum(pairs, 1.0), 0.0)
-    tl.store(lse_ptr + g * K + rows, m + log_d, mask=row_in)
-    tl.store(centred_ptr + g * K + rows, centred, mask=row_in)
+    row_ptr = stats_ptr + g * K + rows
+    tl.store(row_ptr, m, mask=row_in)
+    tl.store(row_ptr + G * K, log_d, mask=row_in)
+    tl.store(row_ptr + 2 * G * K, centred, mask=row_in)
     tl.store(loss_ptr + g, loss)
 
 
 @triton.jit
 def _rows_of_group(valid_ptr, g, K, K_PAD: tl.constexpr, HAS_VALID: tl.constexpr):
-    """Row indices, rows < K, the valid mask and max(count of valid rows, 1) for group g."""
+    """Row indices, rows < K, the valid mask, the pivot row (the first valid one) and
+    max(count of valid rows, 1) for group g."""
     rows = tl.arange(0, K_PAD)
     row_in = rows < K
     if HAS_VALID:
         valid = (tl.load(valid_ptr + g * K + rows, mask=row_in, other=0) != 0) & row_in
     else:
         valid = row_in
+    is_pivot = rows == tl.min(tl.where(valid, rows, K_PAD), axis=0)
     n = tl.maximum(tl.sum(valid.to(tl.float32), axis=0), 1.0)
-    return rows, row_in, valid, n
+    return rows, row_in, valid, is_pivot, n
 
 
 @triton.jit
 def _pairwise_kl_fwd_kernel(
-    x_ptr, valid_ptr, lse_ptr, centred_ptr, loss_ptr, part_ptr,
-    K, V, stride_g, stride_k, cols_per_split, inv_t,
+    x_ptr, valid_ptr, stats_ptr, loss_ptr, part_ptr,
+    G, K, V, stride_g, stride_k, cols_per_split, inv_t,
     K_PAD: tl.constexpr, BLOCK_V: tl.constexpr, HAS_VALID: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """Program (g, s): stats of group g over split s; finishes the group when unsplit.
@@ -117,10 +130,10 @@ def _pairwise_kl_fwd_kernel(
     """
     g = tl.program_id(0).to(tl.int64)
     s = tl.program_id(1).to(tl.int64)
-    rows, row_in, valid, n = _rows_of_group(valid_ptr, g, K, K_PAD, HAS_VALID)
+    rows, row_in, valid, is_pivot, n = _rows_of_group(valid_ptr, g, K, K_PAD, HAS_VALID)
     col_start = s * cols_per_split
     col_end = tl.minimum(col_start + cols_per_split, V)
-    m, d, c = _row_stats_of(x_ptr, g, rows, valid, n, col_start, col_end, V, stride_g, stride_k,
+    m, d, c = _row_stats_of(x_ptr, g, rows, valid, is_pivot, n, col_start, col_end, V, stride_g, stride_k,
                             inv_t, K_PAD, BLOCK_V)
     if SPLIT:
         base = part_ptr + (g * tl.num_programs(1) + s) * 3 * K_PAD
@@ -128,12 +141,12 @@ def _pairwise_kl_fwd_kernel(
         tl.store(base + K_PAD + rows, d)
         tl.store(base + 2 * K_PAD + rows, c)
     else:
-        _finish_group(g, rows, row_in, valid, m, d, c, lse_ptr, centred_ptr, loss_ptr, K)
+        _finish_group(g, rows, row_in, valid, is_pivot, m, d, c, stats_ptr, loss_ptr, G, K)
 
 
 @triton.jit
 def _pairwise_kl_merge_kernel(
-    part_ptr, valid_ptr, lse_ptr, centred_ptr, loss_ptr, K, num_splits,
+    part_ptr, valid_ptr, stats_ptr, loss_ptr, G, K, num_splits,
     K_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
     """Program g: merge the per-split (m, d, C) of group g, then finish it.
@@ -142,7 +155,7 @@ def _pairwise_kl_merge_kernel(
     C_i = sum_s exp(-delta_si) (C_si - (delta_si - mean_j delta_sj) d_si), d_i likewise.
     """
     g = tl.program_id(0).to(tl.int64)
-    rows, row_in, valid, n = _rows_of_group(valid_ptr, g, K, K_PAD, HAS_VALID)
+    rows, row_in, valid, is_pivot, n = _rows_of_group(valid_ptr, g, K, K_PAD, HAS_VALID)
     splits = tl.arange(0, SPLITS_PAD)
     base = part_ptr + g * num_splits * 3 * K_PAD + splits[:, None] * 3 * K_PAD + rows[None, :]
     split_in = (splits < num_splits)[:, None]
@@ -151,17 +164,16 @@ def _pairwise_kl_merge_kernel(
     c_s = tl.load(base + 2 * K_PAD, mask=split_in, other=0.0)
     m = tl.max(m_s, axis=0)
     delta = m[None, :] - m_s
-    delta_bar = tl.sum(tl.where(valid[None, :], delta, 0.0), axis=1) / n
     scale = tl.exp(-delta)
-    c = tl.sum(scale * (c_s - (delta - delta_bar[:, None]) * d_s), axis=0)
+    c = tl.sum(scale * (c_s - _centre(delta, valid[None, :], is_pivot[None, :], n, 1) * d_s), axis=0)
     d = tl.sum(scale * d_s, axis=0)
-    _finish_group(g, rows, row_in, valid, m, d, c, lse_ptr, centred_ptr, loss_ptr, K)
+    _finish_group(g, rows, row_in, valid, is_pivot, m, d, c, stats_ptr, loss_ptr, G, K)
 
 
 @triton.jit
 def _pairwise_kl_bwd_kernel(
-    x_ptr, valid_ptr, lse_ptr, centred_ptr, coef_ptr, grad_ptr,
-    K, V, stride_g, stride_k, inv_t,
+    x_ptr, valid_ptr, stats_ptr, coef_ptr, grad_ptr,
+    G, K, V, stride_g, stride_k, inv_t,
     K_PAD: tl.constexpr, BLOCK_V: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
     """Program (g, b): grad of columns block b of group g, scaled by coef[g] (= dLoss/dS_g / T).
@@ -170,15 +182,17 @@ def _pairwise_kl_bwd_kernel(
     """
     g = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
-    rows, row_in, valid, n = _rows_of_group(valid_ptr, g, K, K_PAD, HAS_VALID)
+    rows, row_in, valid, is_pivot, n = _rows_of_group(valid_ptr, g, K, K_PAD, HAS_VALID)
     y = _load_scaled_tile(x_ptr, g, rows, valid, cols, V, stride_g, stride_k, inv_t)
-    lse = tl.load(lse_ptr + g * K + rows, mask=valid, other=0.0)
-    centred_mean = tl.load(centred_ptr + g * K + rows, mask=valid, other=0.0)
+    row_ptr = stats_ptr + g * K + rows
+    row_max = tl.load(row_ptr, mask=valid, other=0.0)
+    log_sum = tl.load(row_ptr + G * K, mask=valid, other=0.0)
+    centred_mean = tl.load(row_ptr + 2 * G * K, mask=valid, other=0.0)
     coef = tl.load(coef_ptr + g)
-    logp = y - lse[:, None]
+    logp = (y - row_max[:, None]) - log_sum[:, None]
     p = tl.exp(logp)
     total_p = tl.sum(p, axis=0)
-    centred = _centre(logp, valid, n)
+    centred = _centre(logp, valid[:, None], is_pivot[:, None], n, 0)
     own = tl.where(p > 0.0, n * p * (1.0 + centred - centred_mean[:, None]), 0.0)
     grad = tl.where(valid[:, None], coef * (own - total_p[None, :]), 0.0)
     offsets = g * stride_g + rows.to(tl.int64)[:, None] * stride_k + cols[None, :]
@@ -186,57 +200,70 @@ def _pairwise_kl_bwd_kernel(
     tl.store(grad_ptr + offsets, grad.to(grad_ptr.dtype.element_ty), mask=out_mask)
 
 
-def _tile_config(K, V):
-    """(K_PAD, BLOCK_V, num_warps): tiles of about 4096 values, never wider than V needs."""
-    k_pad = triton.next_power_of_2(K)
-    block_v = max(16, min(4096 // k_pad, triton.next_power_of_2(V)))
-    return k_pad, block_v, 8 if k_pad * block_v >= 4096 else 4
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    """A launch's tile of about `tile_values` logits (K_PAD x BLOCK_V) and its warps; the
+    forward also splits the vocabulary until there are `programs_per_sm` programs per
+    multiprocessor (bench/tune_pairwise_kl.py measures the choices)."""
+
+    tile_values: int = 4096
+    num_warps: int = 8
+    programs_per_sm: int = 4
+
+    def block_v(self, k_pad, V):
+        return max(16, min(self.tile_values // k_pad, triton.next_power_of_2(V)))
 
 
-def _num_splits(G, V, block_v, device):
+FORWARD_CONFIG = LaunchConfig()
+BACKWARD_CONFIG = LaunchConfig()
+
+
+def _num_splits(G, V, block_v, device, programs_per_sm):
     """Split the vocabulary over programs when the groups alone would leave the GPU idle."""
     blocks = triton.cdiv(V, block_v)
-    return max(1, min(triton.cdiv(target_programs(device), G), blocks, 64))
+    return max(1, min(triton.cdiv(target_programs(device, programs_per_sm), G), blocks, 64))
 
 
-def pairwise_kl_forward(logits, valid, inv_t, num_splits=None):
-    """Launch the forward: returns (group_loss [G], lse [G, K], centred [G, K]) in float32."""
+def pairwise_kl_forward(logits, valid, inv_t, num_splits=None, config=FORWARD_CONFIG):
+    """Launch the forward: returns (group_loss [G], stats [3, G, K] = (m, log d, c)), float32."""
     G, K, V = logits.shape
-    k_pad, block_v, num_warps = _tile_config(K, V)
+    k_pad = triton.next_power_of_2(K)
+    block_v = config.block_v(k_pad, V)
     if num_splits is None:
-        num_splits = _num_splits(G, V, block_v, logits.device)
+        num_splits = _num_splits(G, V, block_v, logits.device, config.programs_per_sm)
     cols_per_split = triton.cdiv(triton.cdiv(V, num_splits), block_v) * block_v
     num_splits = triton.cdiv(V, cols_per_split)
     f32 = dict(dtype=torch.float32, device=logits.device)
-    lse, centred = torch.empty(G, K, **f32), torch.empty(G, K, **f32)
+    stats = torch.empty(3, G, K, **f32)
     group_loss = torch.empty(G, **f32)
     split = num_splits > 1
     partials = torch.empty(G, num_splits, 3, k_pad, **f32) if split else group_loss
     has_valid = valid is not None
     valid_arg = valid if has_valid else group_loss
     _pairwise_kl_fwd_kernel[(G, num_splits)](
-        logits, valid_arg, lse, centred, group_loss, partials,
-        K, V, logits.stride(0), logits.stride(1), cols_per_split, inv_t,
-        K_PAD=k_pad, BLOCK_V=block_v, HAS_VALID=has_valid, SPLIT=split, num_warps=num_warps,
+        logits, valid_arg, stats, group_loss, partials,
+        G, K, V, logits.stride(0), logits.stride(1), cols_per_split, inv_t,
+        K_PAD=k_pad, BLOCK_V=block_v, HAS_VALID=has_valid, SPLIT=split, num_warps=config.num_warps,
     )
     if split:
         _pairwise_kl_merge_kernel[(G,)](
-            partials, valid_arg, lse, centred, group_loss, K, num_splits,
+            partials, valid_arg, stats, group_loss, G, K, num_splits,
             K_PAD=k_pad, SPLITS_PAD=triton.next_power_of_2(num_splits), HAS_VALID=has_valid,
         )
-    return group_loss, lse, centred
+    return group_loss, stats
 
 
-def pairwise_kl_backward(logits, valid, inv_t, lse, centred, coef):
+def pairwise_kl_backward(logits, valid, inv_t, stats, coef, config=BACKWARD_CONFIG):
     """Launch the backward: gradient [G, K, V] in logits' dtype; coef [G] = dLoss/dS_g / T."""
     G, K, V = logits.shape
-    k_pad, block_v, num_warps = _tile_config(K, V)
+    k_pad = triton.next_power_of_2(K)
+    block_v = config.block_v(k_pad, V)
     grad = torch.empty(G, K, V, dtype=logits.dtype, device=logits.device)
     has_valid = valid is not None
     _pairwise_kl_bwd_kernel[(G, triton.cdiv(V, block_v))](
-        logits, valid if has_valid else coef, lse, centred, coef, grad,
-        K, V, logits.stride(0), logits.stride(1), inv_t,
-        K_PAD=k_pad, BLOCK_V=block_v, HAS_VALID=has_valid, num_warps=num_warps,
+        logits, valid if has_valid else coef, stats, coef, grad,
+        G, K, V, logits.stride(0), logits.stride(1), inv_t,
+        K_PAD=k_pad, BLOCK_V=block_v, HAS_VALID=has_valid, num_warps=config.num_warps,
     )
     return grad
 
@@ -254,18 +281,18 @@ class PairwiseSymKLFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, valid, temperature, num_splits=None):
         inv_t = 1.0 / temperature
-        group_loss, lse, centred = pairwise_kl_forward(logits, valid, inv_t, num_splits)
-        ctx.save_for_backward(logits, valid, lse, centred)
+        group_loss, stats = pairwise_kl_forward(logits, valid, inv_t, num_splits)
+        ctx.save_for_backward(logits, valid, stats)
         ctx.inv_t = inv_t
         return group_loss
 
     @staticmethod
     def backward(ctx, grad_group_loss):
-        logits, valid, lse, centred = ctx.saved_tensors
+        logits, valid, stats = ctx.saved_tensors
         G, K, _ = logits.shape
         pair_weight, _ = _pairs_weight(valid, G, K, logits.device)
         coef = (grad_group_loss.float() * pair_weight * ctx.inv_t).contiguous()
-        grad = pairwise_kl_backward(logits, valid, ctx.inv_t, lse, centred, coef)
+        grad = pairwise_kl_backward(logits, valid, ctx.inv_t, stats, coef)
         return grad, None, None, None
 
 

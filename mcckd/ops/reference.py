@@ -6,7 +6,8 @@ y_i = x_i / T, log-probabilities l_i = log_softmax(y_i) and p_i = exp(l_i):
     S_g = sum_{i<j} KL(p_i||p_j) + KL(p_j||p_i) = K * sum_i <p_i, l_i - lbar>,  lbar = mean_i l_i
 
 summed over the valid rows only (K = k_g of them). Centring on lbar keeps the small differences
-between near-identical distributions instead of subtracting two large sums. The group loss is
+between near-identical distributions instead of subtracting two large sums: the loss keeps
+its relative precision for rows that differ by 1e-4 (tests/ops/test_pairwise_kl.py). The group loss is
 L_g = S_g / (k_g (k_g - 1)), the mean over pairs of half the symmetric KL; groups with k_g < 2
 give 0 and are left out of the mean.
 """
@@ -24,27 +25,41 @@ def pairwise_sym_kl_reference(logits, valid=None, temperature=1.0, reduction="me
     G, K, _ = logits.shape
     if valid is None:
         valid = torch.ones(G, K, dtype=torch.bool, device=logits.device)
-    row_weight = valid.to(compute_dtype).unsqueeze(-1)  # [G, K, 1]
-    k = row_weight.sum(dim=1)  # [G, 1]
+    k = valid.sum(dim=1, keepdim=True).to(compute_dtype)  # [G, 1]
 
     y = logits.to(compute_dtype) / temperature
-    # Invalid rows may hold anything: give them a harmless distribution, then weight 0.
+    # Invalid rows may hold anything (nan): give them a harmless distribution, then weight 0.
     y = torch.where(valid.unsqueeze(-1), y, torch.zeros_like(y))
-    logp = torch.log_softmax(y, dim=-1)
-    p = logp.exp()
-
-    # sum(logp * w) over rows: -inf where any valid row is -inf (then the KL is +inf, or,
-    # for a column at -inf in every row, a padded vocabulary, p = 0 and nothing at all).
-    lbar = (logp * row_weight).sum(dim=1, keepdim=True) / k.clamp(min=1).unsqueeze(-1)
+    # l_i = (y_i - m_i) - log d_i: y_i - m_i is exact near the max, where p matters, and the
+    # centred l_i - lbar is formed from centred parts without ever rounding l_i itself.
+    shifted = y - y.amax(dim=-1, keepdim=True)
+    log_d = torch.logsumexp(shifted, dim=-1, keepdim=True)
+    p = torch.exp(shifted - log_d)
+    centred = centre_over_valid_rows(shifted, valid, k) - centre_over_valid_rows(log_d, valid, k)
     # Keep -inf - (-inf) = nan out of the arithmetic and out of the gradient where p = 0.
-    centred = torch.where(p > 0, logp - lbar, torch.zeros_like(logp))
-    inner = (p * centred).sum(dim=-1)  # [G, K]
-    s = k.squeeze(-1) * (inner * row_weight.squeeze(-1)).sum(dim=1)  # [G]
+    centred = torch.where(p > 0, centred, torch.zeros_like(centred))
+    inner = torch.where(valid, (p * centred).sum(dim=-1), 0.0)  # [G, K]
+    s = k.squeeze(-1) * inner.sum(dim=1)  # [G]
 
     pairs = k.squeeze(-1) * (k.squeeze(-1) - 1)
     has_pairs = pairs > 0
     group_loss = torch.where(has_pairs, s / pairs.clamp(min=1), torch.zeros_like(s))
     return reduce_group_losses(group_loss, has_pairs, reduction)
+
+
+def centre_over_valid_rows(x, valid, k):
+    """x [G, K, V] minus its mean over the valid rows, as (x - x_0) - mean_j (x_j - x_0).
+
+    Around a pivot row x_0 (the first valid one), nearly equal rows give differences that are
+    exact, so the small centred value keeps its precision. A column at -inf in some valid rows
+    gives +inf in the others (an infinite KL), and nan where every row is -inf (p = 0 there).
+    """
+    first_valid = valid.to(torch.int8).argmax(dim=1)  # [G]
+    pivot = x.gather(1, first_valid[:, None, None].expand(-1, 1, x.shape[-1]))
+    pivot = torch.where(torch.isfinite(pivot), pivot, 0.0)
+    diff = x - pivot
+    mean_diff = torch.where(valid.unsqueeze(-1), diff, 0.0).sum(dim=1, keepdim=True) / k.clamp(min=1).unsqueeze(-1)
+    return diff - mean_diff
 
 
 def reduce_group_losses(group_loss, has_pairs, reduction):

@@ -1,0 +1,75 @@
+"""Compile every Triton kernel configuration for a Hopper GPU (sm_90a) without a GPU.
+
+Catches what the interpreter does not (non-constexpr globals, type errors in compiled code)
+and prints registers and stack (spills) per configuration from cuobjdump. Run: `python bench/compile_check.py`.
+"""
+import itertools
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from mcckd.ops import pairwise_kl
+
+TARGET = GPUTarget("cuda", 90, 32)
+CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+def resource_usage(cubin):
+    """'registers N, stack S' of a cubin, from cuobjdump --dump-resource-usage."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        Path(path).write_bytes(cubin)
+        out = subprocess.run([str(CUOBJDUMP), "--dump-resource-usage", path],
+                             capture_output=True, text=True, check=True).stdout
+    registers = re.search(r"REG:(\d+)", out).group(1)
+    stack = re.search(r"STACK:(\d+)", out).group(1)
+    return f"registers {registers:>3}, stack bytes {stack}"
+
+
+def compile_one(kernel, signature, constexprs, num_warps):
+    signature = {**signature, **{name: "constexpr" for name in constexprs}}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+                              target=TARGET, options={"num_warps": num_warps})
+    return resource_usage(compiled.asm["cubin"])
+
+
+def pairwise_kl_configurations():
+    """(kernel name, constexprs, signature, num_warps) for every launch pairwise_kl can make."""
+    for dtype, k_pad, has_valid in itertools.product(DTYPES, (2, 4, 8, 16), (True, False)):
+        block_v = pairwise_kl.FORWARD_CONFIG.block_v(k_pad, 1 << 20)
+        num_warps = pairwise_kl.FORWARD_CONFIG.num_warps
+        common = {"x_ptr": f"*{dtype}", "valid_ptr": "*i1", "stats_ptr": "*fp32"}
+        for split in (True, False):
+            yield (pairwise_kl._pairwise_kl_fwd_kernel, num_warps,
+                   {**common, "loss_ptr": "*fp32", "part_ptr": "*fp32", "G": "i32", "K": "i32", "V": "i32",
+                    "stride_g": "i64", "stride_k": "i32", "cols_per_split": "i32", "inv_t": "fp32"},
+                   {"K_PAD": k_pad, "BLOCK_V": block_v, "HAS_VALID": has_valid, "SPLIT": split})
+        block_v = pairwise_kl.BACKWARD_CONFIG.block_v(k_pad, 1 << 20)
+        yield (pairwise_kl._pairwise_kl_bwd_kernel, pairwise_kl.BACKWARD_CONFIG.num_warps,
+               {**common, "coef_ptr": "*fp32", "grad_ptr": f"*{dtype}", "G": "i32", "K": "i32", "V": "i32",
+                "stride_g": "i64", "stride_k": "i32", "inv_t": "fp32"},
+               {"K_PAD": k_pad, "BLOCK_V": block_v, "HAS_VALID": has_valid})
+    for k_pad, has_valid in itertools.product((2, 4, 8, 16), (True, False)):
+        yield (pairwise_kl._pairwise_kl_merge_kernel, 4,
+               {"part_ptr": "*fp32", "valid_ptr": "*i1", "stats_ptr": "*fp32", "loss_ptr": "*fp32",
+                "G": "i32", "K": "i32", "num_splits": "i32"},
+               {"K_PAD": k_pad, "SPLITS_PAD": 64, "HAS_VALID": has_valid})
+
+
+def main():
+    for kernel, num_warps, signature, constexprs in pairwise_kl_configurations():
+        name = kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__
+        args = " ".join(f"{k}={v}" for k, v in constexprs.items())
+        sig = signature.get("x_ptr", "")
+        print(f"{name:32s} {sig:6s} {args:55s} warps {num_warps}: {compile_one(kernel, signature, constexprs, num_warps)}")
+
+
+if __name__ == "__main__":
+    main()

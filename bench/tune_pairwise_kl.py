@@ -1,0 +1,68 @@
+"""Sweep pairwise_kl launch configurations on a CUDA GPU; print each pass's bandwidth.
+
+`python bench/tune_pairwise_kl.py [OUT.json]`. Forward reads the logits once (2 bytes per bf16
+logit), backward reads and writes them (4 bytes); each is compared with a device-to-device copy
+measured in the same run. The winners become FORWARD_CONFIG and BACKWARD_CONFIG.
+"""
+import itertools
+import json
+import sys
+
+import torch
+import triton.testing
+
+from mcckd.ops import pairwise_kl
+from mcckd.ops.pairwise_kl import LaunchConfig, pairwise_kl_backward, pairwise_kl_forward
+
+SHAPES = [(512, 4, 128256), (64, 4, 128256)]
+
+
+def copy_gbps(nbytes=2**30):
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def gbps(nbytes, ms):
+    return nbytes / (ms * 1e-3) / 1e9
+
+
+def sweep(G, K, V, copy):
+    logits = (3.0 * torch.randn(G, K, V, device="cuda")).to(torch.bfloat16)
+    valid = torch.rand(G, K, device="cuda") > 0.1
+    coef = torch.rand(G, device="cuda")
+    _, stats = pairwise_kl_forward(logits, valid, 1.0)
+    rows = []
+    for tile, warps, per_sm in itertools.product((4096, 8192, 16384), (4, 8, 16), (1, 2, 4)):
+        config = LaunchConfig(tile, warps, per_sm)
+        ms = triton.testing.do_bench(lambda: pairwise_kl_forward(logits, valid, 1.0, config=config), return_mode="median")
+        rows.append({"pass": "fwd", "G": G, "K": K, "V": V, "config": config.__dict__, "ms": ms,
+                     "of_copy": gbps(2 * logits.numel(), ms) / copy})
+        if per_sm == 1:
+            ms = triton.testing.do_bench(lambda: pairwise_kl_backward(logits, valid, 1.0, stats, coef, config=config),
+                                         return_mode="median")
+            rows.append({"pass": "bwd", "G": G, "K": K, "V": V, "config": config.__dict__, "ms": ms,
+                         "of_copy": gbps(4 * logits.numel(), ms) / copy})
+    return rows
+
+
+def main():
+    copy = copy_gbps()
+    print(f"copy {copy:.0f} GB/s; defaults fwd {pairwise_kl.FORWARD_CONFIG}, bwd {pairwise_kl.BACKWARD_CONFIG}")
+    results = {"copy_gbps": copy, "gpu": torch.cuda.get_device_name(), "rows": []}
+    for shape in SHAPES:
+        rows = sweep(*shape, copy)
+        results["rows"] += rows
+        for pass_name in ("fwd", "bwd"):
+            best = sorted((r for r in rows if r["pass"] == pass_name), key=lambda r: r["ms"])[:3]
+            for r in best:
+                print(f"{pass_name} G={shape[0]} K={shape[1]} V={shape[2]} {r['config']} {r['ms']:.3f} ms "
+                      f"{100 * r['of_copy']:.0f}% of copy")
+    if len(sys.argv) > 1:
+        with open(sys.argv[1], "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The data pipeline, stage by stage: records -> answers -> selection -> tokenisation -> packing.
+
+`mcckd prepare` (prepare.py) runs the first three on teacher output; the training loop runs
+the last two.
+"""
+from mcckd.data.answers import TASKS, answers_match, extract_answer, normalize_answer
+from mcckd.data.packing import IGNORE_INDEX, PackedBatch, TokenBudgetBatchSampler, pack_questions
+from mcckd.data.prepare import PrepareReport, prepare_records
+from mcckd.data.records import Record, read_records, write_records
+from mcckd.data.select import Selection, select_diverse, select_rationales
+from mcckd.data.tokenize import (
+    PromptTemplate,
+    TokenizedQuestion,
+    TokenizedRationale,
+    prompt_ids,
+    tokenize_record,
+    tokenize_records,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "TASKS",
+    "PackedBatch",
+    "PrepareReport",
+    "PromptTemplate",
+    "Record",
+    "Selection",
+    "TokenBudgetBatchSampler",
+    "TokenizedQuestion",
+    "TokenizedRationale",
+    "answers_match",
+    "extract_answer",
+    "normalize_answer",
+    "pack_questions",
+    "prepare_records",
+    "prompt_ids",
+    "read_records",
+    "select_diverse",
+    "select_rationales",
+    "tokenize_record",
+    "tokenize_records",
+    "write_records",
+]

@@ -1,0 +1,147 @@
+"""`mcckd prepare`: raw teacher rationales in, the K most diverse correct ones per question out.
+
+    mcckd prepare INPUT --task TASK --k K --out OUT.jsonl [--ngram 3]
+
+Reads INPUT (either layout, see records.py), keeps for each question the rationales that reach
+the gold answer, drops exact and near duplicates, chooses the K most diverse, writes canonical
+records and prints a report: questions read and kept, what was dropped and why, a histogram of
+rationales per question, and the mean pairwise similarity before and after the choice.
+"""
+import argparse
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+from tqdm import tqdm
+
+from mcckd.data.answers import TASKS
+from mcckd.data.records import read_records, write_records
+from mcckd.data.select import select_rationales
+from mcckd.errors import InputError
+
+RATIONALE_DROP_REASONS = ("no answer found", "wrong answer", "exact duplicate", "near duplicate", "not chosen")
+
+
+@dataclass
+class PrepareReport:
+    """What `prepare_records` did. `histogram` maps a rationale count to the number of kept
+    questions with that many; the similarities are means over questions with two or more."""
+
+    questions_read: int = 0
+    rationales_read: int = 0
+    rationales_dropped: Counter = field(default_factory=Counter)
+    questions_dropped: Counter = field(default_factory=Counter)
+    histogram: Counter = field(default_factory=Counter)
+    similarities_before: list = field(default_factory=list)
+    similarities_after: list = field(default_factory=list)
+    ngram: int = 3
+
+    @property
+    def questions_kept(self):
+        """Questions written out."""
+        return sum(self.histogram.values())
+
+    def kept_with_at_least(self, n):
+        """Kept questions that have n or more rationales."""
+        return sum(count for size, count in self.histogram.items() if size >= n)
+
+    def format(self):
+        """The report as printed by `mcckd prepare`."""
+        kept_rationales = sum(size * count for size, count in self.histogram.items())
+        lines = [f"read {self.questions_read} questions with {self.rationales_read} rationales",
+                 "rationales dropped:"]
+        lines += [f"  {reason:<18}{self.rationales_dropped[reason]:>7}" for reason in RATIONALE_DROP_REASONS]
+        lines.append("questions dropped:")
+        lines += [f"  {reason:<32}{count:>7}" for reason, count in sorted(self.questions_dropped.items())] or ["  none"]
+        lines.append(f"kept {self.questions_kept} questions with {kept_rationales} rationales, "
+                     f"{self.kept_with_at_least(2)} of them with two or more")
+        lines.append("rationales per question:")
+        lines += histogram_lines(self.histogram) or ["  none"]
+        lines.append(f"mean pairwise {self.ngram}-gram Jaccard similarity: "
+                     f"{format_mean(self.similarities_before)} before the choice, "
+                     f"{format_mean(self.similarities_after)} after "
+                     f"({len(self.similarities_after)} questions with two or more)")
+        return "\n".join(lines)
+
+
+def histogram_lines(histogram, width=40):
+    """One line per rationale count: the count, the number of questions and a bar."""
+    most = max(histogram.values(), default=0)
+    return [f"  {size:>3} {count:>7} " + "#" * round(width * count / most) for size, count in sorted(histogram.items())]
+
+
+def format_mean(values):
+    """The mean to three places, "n/a" for none."""
+    return f"{sum(values) / len(values):.3f}" if values else "n/a"
+
+
+def prepare_records(records, k, *, ngram=3, near_duplicate=0.8, min_rationales=1, max_subsets=1000, progress=False):
+    """The records that keep at least `min_rationales` (>= 1) selected rationales, at most k
+    each, and the PrepareReport."""
+    report = PrepareReport(ngram=ngram)
+    kept = []
+    too_few = "no rationale left" if min_rationales == 1 else f"fewer than {min_rationales} rationales left"
+    for record in tqdm(records, desc="selecting", unit="question", disable=not progress):
+        selection = select_rationales(record, k, ngram=ngram, near_duplicate=near_duplicate, max_subsets=max_subsets)
+        report.questions_read += 1
+        report.rationales_read += len(record.rationales)
+        report.rationales_dropped.update(selection.dropped)
+        if len(selection.rationales) < min_rationales:
+            report.questions_dropped[too_few] += 1
+            continue
+        kept.append(replace(record, rationales=selection.rationales))
+        report.histogram[len(selection.rationales)] += 1
+        if selection.similarity_after is not None:
+            report.similarities_before.append(selection.similarity_before)
+            report.similarities_after.append(selection.similarity_after)
+    return kept, report
+
+
+def add_arguments(parser):
+    """The options of `mcckd prepare`."""
+    parser.add_argument("input", metavar="INPUT", help="teacher rationales: JSON array or JSON lines, .gz too")
+    parser.add_argument("--task", required=True, choices=TASKS, help="how answers are read and compared")
+    parser.add_argument("--k", required=True, type=positive_int, help="rationales to keep per question")
+    parser.add_argument("--out", required=True, metavar="OUT.jsonl", help="where the canonical records go")
+    parser.add_argument("--ngram", type=positive_int, default=3, help="n of the word n-grams compared (default 3)")
+    parser.add_argument("--near-duplicate", type=unit_fraction, default=0.8, metavar="SIMILARITY",
+                        help="drop a rationale this similar to an earlier one (default 0.8)")
+    parser.add_argument("--min-rationales", type=positive_int, default=1, metavar="N",
+                        help="drop questions left with fewer rationales (default 1)")
+    parser.add_argument("--max-subsets", type=positive_int, default=1000, metavar="N",
+                        help="search every subset up to this many, else choose greedily (default 1000)")
+
+
+def run(args):
+    """Read, select, write, report; returns the exit code."""
+    started = time.perf_counter()
+    records = read_records(args.input, args.task)
+    kept, report = prepare_records(
+        records, args.k, ngram=args.ngram, near_duplicate=args.near_duplicate,
+        min_rationales=args.min_rationales, max_subsets=args.max_subsets, progress=sys.stderr.isatty(),
+    )
+    try:
+        write_records(args.out, kept)
+    except OSError as error:
+        raise InputError(f"{args.out}: cannot write: {error.strerror or error}") from error
+    print(f"{args.input} -> {args.out}")
+    print(report.format())
+    print(f"took {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def unit_fraction(text):
+    """argparse type: a number in (0, 1]."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text}")
+    return value
