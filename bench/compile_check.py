@@ -43,16 +43,17 @@ def compile_one(kernel, signature, constexprs, num_warps):
 def pairwise_kl_configurations():
     """(kernel name, constexprs, signature, num_warps) for every launch pairwise_kl can make."""
     for dtype, k_pad, has_valid in itertools.product(DTYPES, (2, 4, 8, 16), (True, False)):
-        block_v = pairwise_kl.FORWARD_CONFIG.block_v(k_pad, 1 << 20)
-        num_warps = pairwise_kl.FORWARD_CONFIG.num_warps
+        size = 4 if dtype == "fp32" else 2
+        block_v = pairwise_kl.FORWARD_CONFIG.block_v(k_pad, 1 << 20, size)
+        num_warps = pairwise_kl.FORWARD_CONFIG.num_warps(block_v, size)
         common = {"x_ptr": f"*{dtype}", "valid_ptr": "*i1", "stats_ptr": "*fp32"}
         for split in (True, False):
             yield (pairwise_kl._pairwise_kl_fwd_kernel, num_warps,
                    {**common, "loss_ptr": "*fp32", "part_ptr": "*fp32", "G": "i32", "K": "i32", "V": "i32",
                     "stride_g": "i64", "stride_k": "i32", "cols_per_split": "i32", "inv_t": "fp32"},
                    {"K_PAD": k_pad, "BLOCK_V": block_v, "HAS_VALID": has_valid, "SPLIT": split})
-        block_v = pairwise_kl.BACKWARD_CONFIG.block_v(k_pad, 1 << 20)
-        yield (pairwise_kl._pairwise_kl_bwd_kernel, pairwise_kl.BACKWARD_CONFIG.num_warps,
+        block_v = pairwise_kl.BACKWARD_CONFIG.block_v(k_pad, 1 << 20, size)
+        yield (pairwise_kl._pairwise_kl_bwd_kernel, pairwise_kl.BACKWARD_CONFIG.num_warps(block_v, size),
                {**common, "coef_ptr": "*fp32", "grad_ptr": f"*{dtype}", "G": "i32", "K": "i32", "V": "i32",
                 "stride_g": "i64", "stride_k": "i32", "inv_t": "fp32"},
                {"K_PAD": k_pad, "BLOCK_V": block_v, "HAS_VALID": has_valid})

@@ -12,7 +12,11 @@ keeps per row the running max m_i, d_i = sum_v e_iv with e_iv = exp(y_iv - m_i),
 C_i = sum_v e_iv w_iv, where w_iv = (y_iv - m_i) - mean_j (y_jv - m_j) is a centred, shifted
 logit: O(difference between the rows), never O(logit), so near-identical rows keep their
 precision. When the maxima grow by delta_i, every w_i moves by -(delta_i - mean_j delta_j),
-so C_i <- exp(-delta_i) (C_i - (delta_i - mean delta) d_i). At the end
+so C_i <- exp(-delta_i) (C_i - (delta_i - mean delta) d_i); that happens in the first tiles
+and rarely after, so it sits behind a branch. d and C are accumulated per column slot
+[K, BLOCK_V] and summed once at the end: the loop's only reduction across threads is the max.
+A tile keeps all K rows of a column in one thread (BLOCK_V >= 32 lanes x 16-byte vectors x
+warps), so the sums over rows never leave the thread. At the end
 c_i = C_i / d_i - (log d_i - mean_j log d_j), m_i and log d_i are saved (not their sum, the
 log-sum-exp: with logits of 1e4 it would round off log d_i). With few
 groups the vocabulary is split across programs and the partial (m, d, C) are merged the same
@@ -20,7 +24,8 @@ way by a second small kernel.
 
 Backward, one read of the logits and one write of the gradient: p and l - lbar are rebuilt
 as l_i = (y_i - m_i) - log d_i, and the gradient formula above is applied tile by tile.
-All arithmetic is float32; offsets are int64.
+All arithmetic is float32; offsets are int64. Logits below -1e30 (masked, padded, -inf)
+are read as -1e30, so every value stays finite and p = 0 there needs no select.
 """
 import dataclasses
 
@@ -34,16 +39,18 @@ from mcckd.ops.validation import FLOAT_DTYPES, check_choice, check_positive_fini
 
 BACKENDS = ("auto", "triton", "torch")
 MAX_TRITON_K = 16
-# Below -1e30 the running max is "no finite value seen yet": finite, so deltas stay finite.
-_NO_MAX = tl.constexpr(-1e30)
+# The floor of every logit and the initial running max: finite, so differences stay finite
+# and exp(floor - max) = 0 once a real value has been seen.
+_FLOOR = tl.constexpr(-1e30)
 
 
 @triton.jit
 def _load_scaled_tile(x_ptr, g, rows, valid, cols, col_limit, stride_g, stride_k, inv_t):
-    """y [K_PAD, BLOCK_V] = x / T in float32; -inf outside valid rows and columns."""
+    """y [K_PAD, BLOCK_V] = max(x / T, -1e30) in float32; -1e30 outside valid rows and columns."""
     offsets = g * stride_g + rows.to(tl.int64)[:, None] * stride_k + cols[None, :]
     mask = valid[:, None] & (cols < col_limit)[None, :]
-    return tl.load(x_ptr + offsets, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
+    x = tl.load(x_ptr + offsets, mask=mask, other=float("-inf")).to(tl.float32)
+    return tl.maximum(x * inv_t, _FLOOR)
 
 
 @triton.jit
@@ -52,11 +59,9 @@ def _centre(x, row_mask, pivot_mask, n, AXIS: tl.constexpr):
 
     Computed as (x - x_pivot) - mean(x - x_pivot), around the first valid row: rows that are
     nearly equal give differences that are exact in float32, so the small centred value keeps
-    its precision. -inf entries give nan or +-inf, masked by the callers where p = 0.
+    its precision.
     """
-    pivot = tl.sum(tl.where(pivot_mask, x, 0.0), axis=AXIS, keep_dims=True)
-    pivot = tl.where(pivot > float("-inf"), pivot, 0.0)
-    diff = x - pivot
+    diff = x - tl.sum(tl.where(pivot_mask, x, 0.0), axis=AXIS, keep_dims=True)
     return diff - tl.sum(tl.where(row_mask, diff, 0.0), axis=AXIS, keep_dims=True) / n
 
 
@@ -64,24 +69,24 @@ def _centre(x, row_mask, pivot_mask, n, AXIS: tl.constexpr):
 def _row_stats_of(x_ptr, g, rows, valid, is_pivot, n, col_start, col_end, V, stride_g, stride_k, inv_t,
                   K_PAD: tl.constexpr, BLOCK_V: tl.constexpr):
     """Online (m, d, C) per row over columns [col_start, col_end) of group g."""
-    m = tl.full([K_PAD], _NO_MAX, tl.float32)
-    d = tl.zeros([K_PAD], tl.float32)
-    c = tl.zeros([K_PAD], tl.float32)
+    m = tl.full([K_PAD], _FLOOR, tl.float32)
+    d = tl.zeros([K_PAD, BLOCK_V], tl.float32)
+    c = tl.zeros([K_PAD, BLOCK_V], tl.float32)
     for v0 in range(col_start, col_end, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         y = _load_scaled_tile(x_ptr, g, rows, valid, cols, col_end, stride_g, stride_k, inv_t)
         m_new = tl.maximum(m, tl.max(y, axis=1))
-        delta = m_new - m
-        scale = tl.exp(-delta)
-        c = scale * (c - _centre(delta, valid, is_pivot, n, 0) * d)
-        d = scale * d
-        u = y - m_new[:, None]
+        if tl.max(m_new - m, axis=0) > 0.0:
+            delta = m_new - m
+            scale = tl.exp(-delta)[:, None]
+            c = scale * (c - _centre(delta, valid, is_pivot, n, 0)[:, None] * d)
+            d = scale * d
+            m = m_new
+        u = y - m[:, None]
         e = tl.exp(u)
-        w = _centre(u, valid[:, None], is_pivot[:, None], n, 0)
-        c += tl.sum(tl.where(e > 0.0, e * w, 0.0), axis=1)
-        d += tl.sum(e, axis=1)
-        m = m_new
-    return m, d, c
+        c += e * _centre(u, valid[:, None], is_pivot[:, None], n, 0)
+        d += e
+    return m, tl.sum(d, axis=1), tl.sum(c, axis=1)
 
 
 @triton.jit
@@ -159,7 +164,7 @@ def _pairwise_kl_merge_kernel(
     splits = tl.arange(0, SPLITS_PAD)
     base = part_ptr + g * num_splits * 3 * K_PAD + splits[:, None] * 3 * K_PAD + rows[None, :]
     split_in = (splits < num_splits)[:, None]
-    m_s = tl.load(base, mask=split_in, other=_NO_MAX)
+    m_s = tl.load(base, mask=split_in, other=_FLOOR)
     d_s = tl.load(base + K_PAD, mask=split_in, other=0.0)
     c_s = tl.load(base + 2 * K_PAD, mask=split_in, other=0.0)
     m = tl.max(m_s, axis=0)
@@ -193,7 +198,7 @@ def _pairwise_kl_bwd_kernel(
     p = tl.exp(logp)
     total_p = tl.sum(p, axis=0)
     centred = _centre(logp, valid[:, None], is_pivot[:, None], n, 0)
-    own = tl.where(p > 0.0, n * p * (1.0 + centred - centred_mean[:, None]), 0.0)
+    own = n * p * (1.0 + centred - centred_mean[:, None])
     grad = tl.where(valid[:, None], coef * (own - total_p[None, :]), 0.0)
     offsets = g * stride_g + rows.to(tl.int64)[:, None] * stride_k + cols[None, :]
     out_mask = row_in[:, None] & (cols < V)[None, :]
@@ -202,20 +207,31 @@ def _pairwise_kl_bwd_kernel(
 
 @dataclasses.dataclass(frozen=True)
 class LaunchConfig:
-    """A launch's tile of about `tile_values` logits (K_PAD x BLOCK_V) and its warps; the
-    forward also splits the vocabulary until there are `programs_per_sm` programs per
-    multiprocessor (bench/tune_pairwise_kl.py measures the choices)."""
+    """Tiles of up to `tile_values` logits (K_PAD x BLOCK_V) with at most `values_per_thread`
+    of them in each thread (the forward keeps two float32 accumulators of the tile's shape),
+    at most `max_warps` warps, and for the forward, splits of the vocabulary until there are
+    `programs_per_sm` programs per multiprocessor. bench/tune_pairwise_kl.py measures them."""
 
     tile_values: int = 4096
-    num_warps: int = 8
+    values_per_thread: int = 32
+    max_warps: int = 4
     programs_per_sm: int = 4
 
-    def block_v(self, k_pad, V):
-        return max(16, min(self.tile_values // k_pad, triton.next_power_of_2(V)))
+    def num_warps(self, block_v, element_size):
+        """Warps that keep every row of a column in one thread: Triton lays 16-byte vectors
+        along the columns, 32 lanes a warp, and puts any further warps across the rows."""
+        columns_per_warp = 32 * 16 // element_size
+        return max(1, min(self.max_warps, block_v // columns_per_warp))
+
+    def block_v(self, k_pad, V, element_size):
+        block_v = max(16, min(self.tile_values // k_pad, triton.next_power_of_2(V)))
+        while block_v > 16 and k_pad * block_v > 32 * self.num_warps(block_v, element_size) * self.values_per_thread:
+            block_v //= 2
+        return block_v
 
 
-FORWARD_CONFIG = LaunchConfig()
-BACKWARD_CONFIG = LaunchConfig()
+FORWARD_CONFIG = LaunchConfig(tile_values=4096, values_per_thread=32, max_warps=4)
+BACKWARD_CONFIG = LaunchConfig(tile_values=8192, values_per_thread=64, max_warps=4)
 
 
 def _num_splits(G, V, block_v, device, programs_per_sm):
@@ -228,7 +244,7 @@ def pairwise_kl_forward(logits, valid, inv_t, num_splits=None, config=FORWARD_CO
     """Launch the forward: returns (group_loss [G], stats [3, G, K] = (m, log d, c)), float32."""
     G, K, V = logits.shape
     k_pad = triton.next_power_of_2(K)
-    block_v = config.block_v(k_pad, V)
+    block_v = config.block_v(k_pad, V, logits.element_size())
     if num_splits is None:
         num_splits = _num_splits(G, V, block_v, logits.device, config.programs_per_sm)
     cols_per_split = triton.cdiv(triton.cdiv(V, num_splits), block_v) * block_v
@@ -243,7 +259,8 @@ def pairwise_kl_forward(logits, valid, inv_t, num_splits=None, config=FORWARD_CO
     _pairwise_kl_fwd_kernel[(G, num_splits)](
         logits, valid_arg, stats, group_loss, partials,
         G, K, V, logits.stride(0), logits.stride(1), cols_per_split, inv_t,
-        K_PAD=k_pad, BLOCK_V=block_v, HAS_VALID=has_valid, SPLIT=split, num_warps=config.num_warps,
+        K_PAD=k_pad, BLOCK_V=block_v, HAS_VALID=has_valid, SPLIT=split,
+        num_warps=config.num_warps(block_v, logits.element_size()),
     )
     if split:
         _pairwise_kl_merge_kernel[(G,)](
@@ -257,13 +274,14 @@ def pairwise_kl_backward(logits, valid, inv_t, stats, coef, config=BACKWARD_CONF
     """Launch the backward: gradient [G, K, V] in logits' dtype; coef [G] = dLoss/dS_g / T."""
     G, K, V = logits.shape
     k_pad = triton.next_power_of_2(K)
-    block_v = config.block_v(k_pad, V)
+    block_v = config.block_v(k_pad, V, logits.element_size())
     grad = torch.empty(G, K, V, dtype=logits.dtype, device=logits.device)
     has_valid = valid is not None
     _pairwise_kl_bwd_kernel[(G, triton.cdiv(V, block_v))](
         logits, valid if has_valid else coef, stats, coef, grad,
         G, K, V, logits.stride(0), logits.stride(1), inv_t,
-        K_PAD=k_pad, BLOCK_V=block_v, HAS_VALID=has_valid, num_warps=config.num_warps,
+        K_PAD=k_pad, BLOCK_V=block_v, HAS_VALID=has_valid,
+        num_warps=config.num_warps(block_v, logits.element_size()),
     )
     return grad
 
