@@ -49,6 +49,10 @@ CHOICE_LINE = re.compile(r"^\s*\(?([A-E])[.)]\s*(.+?)\s*$", re.MULTILINE)
 CHOICE_INLINE = re.compile(r"\(([A-E])\)\s*(.+?)\s*(?=\([A-E]\)|$)", re.DOTALL)
 YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 YES_NO_ALIASES = {"yes": "yes", "no": "no", "true": "yes", "false": "no"}
+# A closing "Therefore, the answer is 18." (or "So the final answer is (C)") on the last line.
+CLOSING_ANSWER_SENTENCE = re.compile(
+    r"(?:(?:\b(?:therefore|thus|hence|so)\b,?\s+)?the\s+(?:final\s+)?answer\s+is\b[^\n]*)$", re.IGNORECASE
+)
 
 
 def task_kind(task):
@@ -95,6 +99,15 @@ def answers_match(pred, gold, task):
     except (ValueError, ZeroDivisionError):
         return pred == gold
     return abs(a - b) <= Fraction(1, 10**6) * max(1, abs(b))
+
+
+def strip_answer_sentence(text):
+    """`text` without a closing answer sentence: the training text appends its own fixed one
+    (DESIGN.md, Data). Unchanged when nothing would remain."""
+    text = text.rstrip()
+    match = CLOSING_ANSWER_SENTENCE.search(text)
+    stripped = text[:match.start()].rstrip() if match else text
+    return stripped or text
 
 
 def cue_sentence(text):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from tqdm import tqdm
 
+from mcckd.cli import positive_int
 from mcckd.data.answers import TASKS
 from mcckd.data.records import read_records, write_records
 from mcckd.data.select import select_rationales
@@ -129,14 +130,6 @@ def run(args):
     print(report.format())
     print(f"took {time.perf_counter() - started:.1f} s")
     return 0
-
-
-def positive_int(text):
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def unit_fraction(text):

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from mcckd.data.answers import answers_match, extract_answer
+from mcckd.data.answers import answers_match, extract_answer, strip_answer_sentence
 
 WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -51,14 +51,15 @@ def select_rationales(record, k, *, ngram=3, near_duplicate=0.8, max_subsets=100
 
 
 def correct_rationales(record):
-    """The rationales whose extracted answer matches the gold one, and counts of the others."""
+    """The rationales whose extracted answer matches the gold one, without their closing
+    answer sentence, and counts of the others."""
     correct, dropped = [], {"no answer found": 0, "wrong answer": 0}
     for text in record.rationales:
         answer = extract_answer(text, record.task, question=record.question)
         if answer is None:
             dropped["no answer found"] += 1
         elif answers_match(answer, record.answer, record.task):
-            correct.append(text)
+            correct.append(strip_answer_sentence(text))
         else:
             dropped["wrong answer"] += 1
     return correct, dropped

@@ -101,5 +101,18 @@ def test_multiple_choice_rationales_are_checked_against_the_letter():
         "The answer is A.",
     ])
     selection = select_rationales(record, 4)
-    assert selection.rationales == [record.rationales[0], record.rationales[2]]
+    assert selection.rationales == ["Money is kept safe in a vault.", record.rationales[2]]
     assert selection.dropped["wrong answer"] == 1
+
+
+@pytest.mark.parametrize("text, stripped", [
+    ("12 - 3 = 9 apples are left.\nTherefore, the answer is 9.", "12 - 3 = 9 apples are left."),
+    ("He pays 3 x 6 = $18. So the final answer is $18 .", "He pays 3 x 6 = $18."),
+    ("Banks keep money. The answer is (A).", "Banks keep money."),
+    ("12 - 3 = 9, so 9 apples are left.", "12 - 3 = 9, so 9 apples are left."),
+    ("The answer is 9.", "The answer is 9."),
+])
+def test_closing_answer_sentence_is_stripped(text, stripped):
+    record = Record(id="q", task="svamp" if "(A)" not in text else "csqa", question="Q? (A) bank (B) farm",
+                    answer="A" if "(A)" in text else ("18" if "$18" in text else "9"), rationales=[text])
+    assert select_rationales(record, 1).rationales == [stripped]
