@@ -1,5 +1,5 @@
 """mcckd: Multi-CoT Consistent Knowledge Distillation (MCC-KD) with fused Triton kernels."""
-from mcckd.ops import PairwiseSymKL, pairwise_sym_kl
+from mcckd.ops import MCCKDLoss, PairwiseSymKL, fused_linear_mcc_loss, pairwise_sym_kl
 
 __version__ = "0.1.0"
-__all__ = ["PairwiseSymKL", "pairwise_sym_kl", "__version__"]
+__all__ = ["MCCKDLoss", "PairwiseSymKL", "fused_linear_mcc_loss", "pairwise_sym_kl", "__version__"]

@@ -69,3 +69,27 @@ def reduce_group_losses(group_loss, has_pairs, reduction):
     if reduction == "sum":
         return group_loss.sum()
     return group_loss.sum() / has_pairs.sum().clamp(min=1).to(group_loss.dtype)
+
+
+def fused_linear_mcc_reference(hidden, weight, labels, answer_index, answer_valid=None, bias=None,
+                               alpha=0.1, temperature=1.0, ignore_index=-100):
+    """MCC-KD loss with materialised logits: the specification of `fused_linear_mcc_loss`.
+
+    logits [N, V] = hidden @ weight.T + bias in hidden's dtype, as a model's lm_head computes
+    them, then in float32 (float64 for float64 input):
+        ce   = sum over targets != ignore_index of cross_entropy / max(their count, 1)
+        kl   = pairwise_sym_kl_reference(logits[answer_index], valid), valid = (answer_index >= 0)
+               & answer_valid, mean over groups with >= 2 valid rows
+        loss = ce + alpha * kl
+    Returns (loss, ce, kl), scalars.
+    """
+    compute_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    logits = torch.nn.functional.linear(hidden, weight, bias).to(compute_dtype)
+    targets = labels.long()
+    n_targets = (targets != ignore_index).sum().clamp(min=1)
+    ce = torch.nn.functional.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum") / n_targets
+    valid = answer_index >= 0
+    if answer_valid is not None:
+        valid = valid & answer_valid
+    kl = pairwise_sym_kl_reference(logits[answer_index.clamp(min=0)], valid, temperature, "mean")
+    return ce + alpha * kl, ce, kl

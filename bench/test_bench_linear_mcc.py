@@ -1,0 +1,49 @@
+"""fused_linear_mcc_loss forward+backward per provider (issue 3; DESIGN.md, Benchmarks).
+
+Providers: mcckd (ours), torch (materialised logits + F.cross_entropy + reference KL), liger
+and cce (their fused linear cross-entropy + our pairwise kernel on the answer rows). The floor
+is the three GEMMs, 6 N d V FLOPs (bench/NOTES.md); peak_mb is memory above the inputs.
+"""
+import pytest
+import torch
+
+from common import DEVICE, DTYPES, ON_CUDA, measure, record
+from providers import linear_mcc_providers
+
+if ON_CUDA:
+    SHAPES = [(N, 4096, V) for N in (4096, 16384) for V in (32000, 128256)]
+    DTYPE = "bf16"
+    G, K = 64, 4
+else:
+    SHAPES = [(512, 64, 2048)]
+    DTYPE = "fp32"
+    G, K = 8, 4
+PROVIDERS = linear_mcc_providers(ON_CUDA)
+IGNORED = 0.25  # prompt tokens carry no target
+
+
+def make_inputs(N, d, V, dtype):
+    """hidden [N, d] and weight [V, d] (logits of std ~1) requiring grad, labels, answer_index [G, K]."""
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    hidden = torch.randn(N, d, generator=gen, device=DEVICE, dtype=dtype).requires_grad_()
+    weight = torch.randn(V, d, generator=gen, device=DEVICE, dtype=dtype).mul_(d**-0.5).requires_grad_()
+    labels = torch.randint(0, V, (N,), generator=gen, device=DEVICE)
+    labels[torch.rand(N, generator=gen, device=DEVICE) < IGNORED] = -100
+    answer_index = torch.randperm(N, generator=gen, device=DEVICE)[: G * K].view(G, K)
+    return hidden, weight, labels, answer_index
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+@pytest.mark.parametrize("N, d, V", SHAPES, ids=[f"N{n}-d{d}-V{v}" for n, d, v in SHAPES])
+def test_fused_linear_mcc(benchmark, N, d, V, provider):
+    loss_fn = PROVIDERS[provider]
+    hidden, weight, labels, answer_index = make_inputs(N, d, V, DTYPES[DTYPE])
+
+    def forward_backward():
+        return torch.autograd.grad(loss_fn(hidden, weight, labels, answer_index), (hidden, weight))
+
+    ms_fwd_bwd, peak_mb = measure(benchmark, forward_backward)
+    record("fused_linear_mcc", {
+        "N": N, "d": d, "V": V, "G": G, "K": K, "dtype": DTYPE, "provider": provider,
+        "ms_fwd_bwd": ms_fwd_bwd, "peak_mb": peak_mb,
+    })
