@@ -14,7 +14,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from mcckd.ops import pairwise_kl
+from mcckd.ops import linear_mcc, pairwise_kl
 
 TARGET = GPUTarget("cuda", 90, 32)
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -64,11 +64,22 @@ def pairwise_kl_configurations():
                {"K_PAD": k_pad, "SPLITS_PAD": 64, "HAS_VALID": has_valid})
 
 
+def linear_mcc_configurations():
+    """The cross-entropy kernel of linear_mcc for every logits dtype, bias and gradient flag."""
+    for dtype, has_bias, has_grad, block_v in itertools.product(DTYPES, (True, False), (True, False), (2048, 4096)):
+        yield (linear_mcc._cross_entropy_kernel, 8,
+               {"logits_ptr": "*fp32", "bias_ptr": f"*{dtype}", "labels_ptr": "*i64", "loss_ptr": "*fp32",
+                "grad_ptr": f"*{dtype}", "V": "i32", "stride_logits": "i64", "stride_grad": "i64",
+                "ignore_index": "i64"},
+               {"BLOCK_V": block_v, "HAS_BIAS": has_bias, "HAS_GRAD": has_grad})
+
+
 def main():
-    for kernel, num_warps, signature, constexprs in pairwise_kl_configurations():
+    configurations = itertools.chain(pairwise_kl_configurations(), linear_mcc_configurations())
+    for kernel, num_warps, signature, constexprs in configurations:
         name = kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__
         args = " ".join(f"{k}={v}" for k, v in constexprs.items())
-        sig = signature.get("x_ptr", "")
+        sig = signature.get("x_ptr", signature.get("grad_ptr", ""))
         print(f"{name:32s} {sig:6s} {args:55s} warps {num_warps}: {compile_one(kernel, signature, constexprs, num_warps)}")
 
 
