@@ -1,0 +1,243 @@
+"""Training configuration: YAML mapped onto dataclasses with defaults, overridable key by key.
+
+    config = load_config("configs/gpu.yaml", overrides=["train.lr=1e-5", "model.lora.r=8"])
+
+A YAML file holds the sections `model`, `data`, `train` and `eval`; every key it leaves out
+keeps its default. An override `a.b=c` sets one key, its value read as YAML (`null`, `true`,
+`[q_proj, v_proj]`). An unknown key, or a value of the wrong type, raises `InputError` naming
+the key. Relative paths are relative to the working directory.
+"""
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+from mcckd.errors import InputError
+from mcckd.modeling import BACKENDS, DTYPES
+
+ATTENTION_BACKENDS = ("auto", *BACKENDS)
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (peft) on the student's linear layers; the base stays frozen."""
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class ModelConfig:
+    """The student: a pretrained model (`name_or_path`) or a random one (`config`)."""
+
+    name_or_path: str | None = None  # a local folder or a hub name in the local cache
+    config: dict | None = None  # transformers config fields, with `model_type`: random init
+    tokenizer: str | None = None  # default: the one beside name_or_path; for `config`, trained
+    tokenizer_vocab_size: int = 512  # the on-the-fly tokenizer's size (random students only)
+    dtype: str = "float32"  # the weights' storage dtype
+    attn_backend: str = "auto"  # one of ATTENTION_BACKENDS (decoder-only students)
+    gradient_checkpointing: bool = False
+    lora: LoraConfig | None = None
+
+
+@dataclass
+class DataConfig:
+    """Prepared records (canonical JSONL, `mcckd prepare`) and how they become batches."""
+
+    train: str | None = None
+    task: str | None = None  # gsm8k, svamp, asdiv, csqa, strategyqa; default: each record's own
+    num_rationales: int = 4  # K: rationales per question (the first K of each record)
+    max_tokens: int = 4096  # token budget of one micro-batch
+    max_length: int = 512  # longest tokenised rationale kept (prompt + target)
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation, its schedule, and what the run writes."""
+
+    out_dir: str = "runs/mcckd"
+    seed: int = 0
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs
+    lr: float = 2e-5
+    min_lr_ratio: float = 0.0  # the cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_accum: int = 1  # micro-batches per optimizer step on each process
+    max_grad_norm: float | None = 1.0
+    alpha: float = 0.1  # weight of the consistency (KL) term; 0 = plain CE (Std-CoT)
+    temperature: float = 1.0
+    chunk_size: int | None = None  # tokens per chunk of the fused loss (None: its default)
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16", "fp32"
+    distributed: str = "ddp"  # "ddp" or "fsdp" (FSDP2 fully_shard), under torchrun
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    log_every: int = 10
+    save_every: int = 500  # 0: only at the end
+    keep_last: int = 2  # checkpoints kept on disk (0: all)
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Periodic evaluation on held-out records (greedy generation, answer accuracy)."""
+
+    data: str | None = None
+    task: str | None = None  # default: data.task
+    every: int = 0  # steps between evaluations (0: none)
+    limit: int | None = None  # evaluate the first `limit` records only
+    batch_size: int = 16
+    max_new_tokens: int = 256
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_config(path=None, overrides=()):
+    """Config from a YAML file (or the defaults when path is None) and `key=value` overrides."""
+    data = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except OSError as error:
+            raise InputError(f"{path}: cannot read the config: {error.strerror}") from None
+        except yaml.YAMLError as error:
+            raise InputError(f"{path}: not valid YAML: {error}") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{path}: the config must be a mapping of sections, got {type(data).__name__}")
+    for override in overrides:
+        apply_override(data, override)
+    config = build(Config, data, "")
+    validate(config)
+    return config
+
+
+def apply_override(data, override):
+    """Set `a.b.c=value` in the nested dict `data`; the value is read as YAML."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise InputError(f"--set expects KEY=VALUE (for example train.lr=1e-5), got {override!r}")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise InputError(f"--set {key}: the value is not valid YAML: {error}") from None
+    *parents, last = key.split(".")
+    node = data
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[last] = value
+
+
+def build(cls, data, prefix):
+    """Instance of dataclass `cls` from a dict, checking every key and value type."""
+    if not isinstance(data, dict):
+        raise InputError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            known = ", ".join(prefix + name for name in names)
+            raise InputError(f"unknown config key '{prefix}{key}'{hint}; known keys: {known}")
+        values[key] = convert(value, hints[key], f"{prefix}{key}")
+    return cls(**values)
+
+
+def convert(value, annotation, key):
+    """`value` checked against the type `annotation` (ints widen to floats, strings to numbers)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return convert(value, inner, key)
+    if dataclasses.is_dataclass(annotation):
+        return build(annotation, {} if value is None else value, key + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise InputError(f"config key '{key}' must be a list, got {value!r}")
+        return [convert(item, args[0], key) for item in value]
+    if annotation is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"config key '{key}' must be a mapping, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if annotation in (int, float):
+        return to_number(value, annotation, key)
+    if not isinstance(value, str):
+        raise InputError(f"config key '{key}' must be a string, got {value!r}")
+    return value
+
+
+def to_number(value, kind, key):
+    """int or float from a number or its text (YAML reads `1e-5` as a string)."""
+    if isinstance(value, bool):
+        raise InputError(f"config key '{key}' must be a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise InputError(f"config key '{key}' must be a number, got {value!r}") from None
+    if isinstance(value, (int, float)):
+        if kind is int and value != int(value):
+            raise InputError(f"config key '{key}' must be an integer, got {value!r}")
+        return kind(value)
+    raise InputError(f"config key '{key}' must be a number, got {value!r}")
+
+
+def _require(condition, key, message):
+    if not condition:
+        raise InputError(f"config key '{key}' {message}")
+
+
+def validate(config):
+    """Checks that span keys or values: each failure names its key."""
+    model, data, train, ev = config.model, config.data, config.train, config.eval
+    _require((model.name_or_path is None) != (model.config is None), "model.name_or_path",
+             "or model.config must be set, not both")
+    _require(model.config is None or "model_type" in model.config, "model.config",
+             "needs a 'model_type' (for example llama, qwen2, t5)")
+    _require(model.attn_backend in ATTENTION_BACKENDS, "model.attn_backend", f"must be one of {ATTENTION_BACKENDS}")
+    _require(model.dtype in DTYPES, "model.dtype", f"must be one of {tuple(DTYPES)}")
+    _require(data.train is not None, "data.train", "must name the training records (JSONL)")
+    _require(data.num_rationales >= 2, "data.num_rationales",
+             "must be at least 2 (the consistency loss compares pairs)")
+    _require(data.max_tokens >= data.num_rationales * data.max_length, "data.max_tokens",
+             f"must hold a whole question: at least data.num_rationales x data.max_length = "
+             f"{data.num_rationales * data.max_length}")
+    _require(train.precision in ("auto", "bf16", "fp32"), "train.precision", "must be auto, bf16 or fp32")
+    _require(train.distributed in ("ddp", "fsdp"), "train.distributed", "must be ddp or fsdp")
+    _require(train.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda")
+    _require(train.alpha >= 0, "train.alpha", "must be >= 0")
+    _require(train.temperature > 0, "train.temperature", "must be > 0")
+    _require(train.grad_accum >= 1, "train.grad_accum", "must be at least 1")
+    _require(train.max_steps is None or train.max_steps >= 1, "train.max_steps", "must be at least 1")
+    _require(train.epochs > 0, "train.epochs", "must be > 0")
+    _require(len(train.betas) == 2, "train.betas", "must hold two numbers")
+    _require(train.log_every >= 1, "train.log_every", "must be at least 1")
+    _require(ev.every == 0 or ev.data is not None, "eval.data", "must be set when eval.every > 0")
+    _require(ev.every == 0 or (ev.task or data.task) is not None, "eval.task",
+             "(or data.task) must be set when eval.every > 0")
+    _require(ev.every == 0 or train.distributed != "fsdp", "eval.every",
+             "must be 0 under FSDP (evaluate the checkpoints with `mcckd eval` instead)")

@@ -1,0 +1,422 @@
+"""Teacher rationale generation: N chain-of-thought samples per question, one record a line.
+
+`mcckd generate INPUT --endpoint URL --model NAME --num-samples N --temperature T --task TASK
+--out OUT.jsonl` asks an OpenAI-compatible chat-completions server (vLLM, SGLang, TGI and
+others serve this API) for N rationales per question, with bounded concurrency; `--local DIR`
+samples them from a transformers model instead. The prompt asks for step-by-step reasoning
+that ends in the fixed sentence "Therefore, the answer is X.", which `mcckd prepare` reads.
+
+Each finished question is appended to OUT as one canonical record (question, answer = the
+label, rationales) and flushed and fsynced before the next is written, so a crash loses only
+the questions in flight. Rerunning the same command resumes: questions already in OUT are not
+asked again, and a torn last line (a crash mid-write) is cut off and its question redone.
+Questions are told apart by their ids (in the paper's layout, their position in INPUT).
+
+The server is retried with exponential backoff and jitter on connection errors, on 429 (at
+least as long as its Retry-After says) and on 5xx; any other 4xx stops the run with the
+server's message. The API key is read from an environment variable (`--api-key-env`, default
+OPENAI_API_KEY) and only ever sent in the Authorization header: never logged or written.
+"""
+import email.utils
+import http.client
+import itertools
+import json
+import os
+import random
+import sys
+import threading
+import urllib.error
+import urllib.request
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mcckd.cli import non_negative_float, non_negative_int, positive_int
+from mcckd.data.answers import TASKS, task_kind
+from mcckd.data.records import read_records
+from mcckd.errors import InputError
+
+DEFAULT_PROMPT = (
+    "Answer the question below. Think step by step and write out your reasoning, then finish "
+    "with one last line of the form \"Therefore, the answer is X.\" where X is {answer_kind}.\n\n"
+    "Question: {question}"
+)
+ANSWER_KINDS = {"numeric": "a number", "choice": "the letter of the correct choice", "yesno": "yes or no"}
+
+
+class ServerError(RuntimeError):
+    """The server kept failing after every retry, or answered with something that is not a
+    chat completion."""
+
+
+class RetryableError(Exception):
+    """A failure that may pass if we wait: a lost connection, 429 or 5xx."""
+
+    def __init__(self, message, retry_after=None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Cancelled(Exception):
+    """The run is stopping (another request failed for good): give up waiting to retry."""
+
+
+def chat_completions_url(endpoint):
+    """The chat-completions URL of a server given by its base URL (`http://host:8000/v1`) or
+    by the full URL."""
+    if not endpoint.startswith(("http://", "https://")):
+        raise InputError(f"--endpoint must be an http:// or https:// URL, got {endpoint!r}")
+    endpoint = endpoint.rstrip("/")
+    if endpoint.endswith("/chat/completions"):
+        return endpoint
+    return endpoint + "/chat/completions"
+
+
+def parse_retry_after(value):
+    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date); None if
+    absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def backoff_delay(attempt, base, cap, retry_after=None):
+    """Seconds to sleep before retry number `attempt` (0 for the first retry).
+
+    Exponential with "equal jitter": half of min(cap, base * 2**attempt) plus a uniform draw
+    of the other half, so the wait grows with every attempt while clients that failed
+    together spread apart. A server's Retry-After is a lower bound.
+    """
+    ceiling = min(cap, base * 2 ** attempt)
+    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+    return max(delay, retry_after or 0.0)
+
+
+class ChatCompletionsClient:
+    """Sends chat-completion requests to one server and retries what a retry can fix.
+
+    Thread-safe: the generation threads share one client. `cancel()` makes every request
+    waiting to retry give up at once.
+    """
+
+    def __init__(self, endpoint, model, *, api_key=None, timeout=600.0, max_retries=8,
+                 retry_delay=1.0, max_retry_delay=60.0):
+        self.url = chat_completions_url(endpoint)
+        self.model = model
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._cancelled = threading.Event()
+
+    def cancel(self):
+        """Stop retrying: requests waiting for their next attempt raise `Cancelled`."""
+        self._cancelled.set()
+
+    def sample(self, prompt, *, n, temperature, max_tokens=None):
+        """`n` completions of the user message `prompt`.
+
+        Servers that return fewer choices than asked for (some ignore `n`) are asked again for
+        the rest.
+        """
+        texts = []
+        while len(texts) < n:
+            choices = self._complete(prompt, n - len(texts), temperature, max_tokens)
+            if not choices:
+                raise ServerError(f"{self.url} returned no choices")
+            texts.extend(choice_text(choice, self.url) for choice in choices[: n - len(texts)])
+        return texts
+
+    def _complete(self, prompt, n, temperature, max_tokens):
+        payload = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "n": n,
+            "temperature": temperature,
+        }
+        if max_tokens is not None:
+            payload["max_tokens"] = max_tokens
+        response = self._post_with_retries(json.dumps(payload).encode("utf-8"))
+        choices = response.get("choices") if isinstance(response, dict) else None
+        if not isinstance(choices, list):
+            raise ServerError(f"{self.url} answered without a 'choices' list: {str(response)[:300]}")
+        return choices
+
+    def _post_with_retries(self, body):
+        for attempt in itertools.count():
+            if self._cancelled.is_set():
+                raise Cancelled()
+            try:
+                return self._post(body)
+            except RetryableError as error:
+                if attempt >= self.max_retries:
+                    raise ServerError(
+                        f"{self.url} still failing after {attempt + 1} attempts: {error}") from None
+                delay = backoff_delay(attempt, self.retry_delay, self.max_retry_delay, error.retry_after)
+                if self._cancelled.wait(delay):
+                    raise Cancelled() from None
+
+    def _post(self, body):
+        request = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as error:
+            raise self._http_error(error) from None
+        except (OSError, http.client.HTTPException) as error:
+            # URLError (refused, DNS), timeouts, resets and truncated bodies: the server or the
+            # network may recover.
+            raise RetryableError(f"connection error: {getattr(error, 'reason', error)}") from None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ServerError(f"{self.url} answered with something that is not JSON: {raw[:300]!r}") from None
+
+    def _http_error(self, error):
+        status = error.code
+        detail = read_error_body(error)
+        message = f"{self.url} answered HTTP {status} {error.reason}: {detail}"
+        if status == 429 or status >= 500:
+            return RetryableError(message, parse_retry_after(error.headers.get("Retry-After")))
+        return InputError(message)
+
+
+def read_error_body(error):
+    """The first 300 characters of an HTTP error's body, for the error message."""
+    try:
+        return error.read(300).decode("utf-8", "replace").strip()
+    except (OSError, http.client.HTTPException):
+        return ""
+
+
+def choice_text(choice, url):
+    """The message text of one chat-completion choice."""
+    try:
+        content = choice["message"]["content"]
+    except (KeyError, TypeError):
+        raise ServerError(f"{url} returned a choice without message.content: {str(choice)[:300]}") from None
+    return content or ""
+
+
+def finished_ids(path):
+    """Ids of the questions already written to `path` (empty if it does not exist).
+
+    A last line without its newline was torn by a crash mid-write: it is cut off the file, so
+    its question is asked again. Any other unreadable line is an error, not ours to repair.
+    """
+    path = Path(path)
+    if not path.exists():
+        return set()
+    ids = set()
+    complete_bytes = 0
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.endswith(b"\n"):
+                break
+            complete_bytes += len(line)
+            if line.strip():
+                ids.add(record_id_of_line(line, path, number))
+    if complete_bytes < path.stat().st_size:
+        with open(path, "r+b") as handle:
+            handle.truncate(complete_bytes)
+            os.fsync(handle.fileno())
+    return ids
+
+
+def record_id_of_line(line, path, number):
+    """The id of the record on one line of an output file."""
+    try:
+        record_id = json.loads(line)["id"]
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{path}:{number}: not a record written by mcckd generate") from None
+    return str(record_id)
+
+
+def append_line(handle, record):
+    """Append one record as a JSON line and make it durable before returning."""
+    handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def add_arguments(parser):
+    """Arguments of `mcckd generate`."""
+    parser.add_argument("input", help="questions with their gold answers (canonical or the paper's layout)")
+    parser.add_argument("--task", required=True, choices=TASKS, help="the task of the questions")
+    parser.add_argument("--out", required=True, help="JSON-lines output, appended to and resumed")
+    parser.add_argument("--num-samples", type=positive_int, required=True, help="rationales per question")
+    parser.add_argument("--temperature", type=non_negative_float, required=True, help="sampling temperature")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--endpoint", help="OpenAI-compatible server: base URL (http://host:8000/v1) "
+                                           "or the full /chat/completions URL")
+    source.add_argument("--local", metavar="MODEL", help="generate with this transformers model folder instead")
+    parser.add_argument("--model", help="model name the server serves (with --endpoint)")
+    parser.add_argument("--max-tokens", type=positive_int, default=512, help="length limit of one rationale")
+    parser.add_argument("--prompt", help="prompt template file: {question} is replaced by the question, "
+                                         "{answer_kind} by what the answer is (a number, a letter, yes or no)")
+    server = parser.add_argument_group("server")
+    server.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight at once")
+    server.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                        help="environment variable that holds the API key (sent as a Bearer token)")
+    server.add_argument("--max-retries", type=non_negative_int, default=8, help="retries of one request")
+    server.add_argument("--retry-delay", type=non_negative_float, default=1.0,
+                        help="seconds before the first retry; doubles each time, with jitter")
+    server.add_argument("--timeout", type=non_negative_float, default=600.0,
+                        help="seconds to wait for a response (0: no limit)")
+    local = parser.add_argument_group("local")
+    local.add_argument("--batch-size", type=positive_int, default=8, help="questions per generate call")
+    local.add_argument("--seed", type=int, default=0, help="sampling seed")
+    local.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+
+
+def run(args):
+    """`mcckd generate`: sample rationales for the questions not yet in the output file."""
+    records = read_records(args.input, args.task)
+    check_unique_ids(records, args.input)
+    template = read_prompt(args.prompt)
+    if args.endpoint and not args.model:
+        raise InputError("--endpoint needs --model, the name of the model the server serves")
+    if args.local and args.temperature == 0:
+        raise InputError("--local samples: --temperature must be above 0")
+    done = finished_ids(args.out)
+    todo = [record for record in records if record.id not in done]
+    print(f"mcckd generate: {len(records) - len(todo)} of {len(records)} questions already in {args.out}",
+          file=sys.stderr)
+    if not todo:
+        return 0
+    prompts = [build_prompt(template, record.question, args.task) for record in todo]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "ab") as handle:
+        def write(record, rationales):
+            append_line(handle, asdict(replace(record, rationales=rationales)))
+
+        progress = tqdm(total=len(records), initial=len(records) - len(todo), desc="generate", unit="question")
+        with progress:
+            try:
+                if args.local:
+                    generate_local(args, todo, prompts, write, progress)
+                else:
+                    generate_remote(make_client(args), todo, prompts, write, progress, num_samples=args.num_samples,
+                                    temperature=args.temperature, max_tokens=args.max_tokens,
+                                    concurrency=args.concurrency)
+            except ServerError as error:
+                print(f"mcckd: error: {error}", file=sys.stderr)
+                return 1
+    return 0
+
+
+def check_unique_ids(records, path):
+    """InputError when two records share an id: resuming tells questions apart by id."""
+    seen = set()
+    for record in records:
+        if record.id in seen:
+            raise InputError(f"{path}: two records have the id {record.id!r}")
+        seen.add(record.id)
+
+
+def read_prompt(path):
+    """The prompt template: the file's text, or the default chain-of-thought prompt."""
+    if path is None:
+        return DEFAULT_PROMPT
+    try:
+        template = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: cannot read the prompt: {error}") from error
+    if "{question}" not in template:
+        raise InputError(f"{path}: the prompt template has no {{question}} placeholder")
+    return template
+
+
+def build_prompt(template, question, task):
+    """The template with the question and the kind of answer filled in.
+
+    Plain replacement, not str.format: a template may hold other braces (JSON examples).
+    """
+    return template.replace("{answer_kind}", ANSWER_KINDS[task_kind(task)]).replace("{question}", question)
+
+
+def make_client(args):
+    """The server client described by the command line; the key comes from the environment."""
+    return ChatCompletionsClient(
+        args.endpoint, args.model, api_key=os.environ.get(args.api_key_env), timeout=args.timeout or None,
+        max_retries=args.max_retries, retry_delay=args.retry_delay,
+    )
+
+
+def generate_remote(client, records, prompts, write, progress, *, num_samples, temperature, max_tokens,
+                    concurrency):
+    """Ask the server for every record's rationales, at most `concurrency` questions at a time.
+
+    `write(record, rationales)` runs on this thread as each question completes, so writes
+    never interleave. The first failure cancels the retries still waiting and is raised.
+    """
+    pending = iter(zip(records, prompts))
+    in_flight = {}
+    pool = ThreadPoolExecutor(max_workers=concurrency)
+
+    def submit_next():
+        item = next(pending, None)
+        if item is not None:
+            record, prompt = item
+            future = pool.submit(client.sample, prompt, n=num_samples, temperature=temperature, max_tokens=max_tokens)
+            in_flight[future] = record
+
+    try:
+        for _ in range(concurrency):
+            submit_next()
+        while in_flight:
+            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                record = in_flight.pop(future)
+                write(record, future.result())
+                progress.update(1)
+                submit_next()
+    finally:
+        client.cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def generate_local(args, records, prompts, write, progress):
+    """Sample every record's rationales from the transformers model `args.local`, a batch of
+    questions at a time."""
+    from mcckd import evaluate  # transformers loads only for --local
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = evaluate.load_checkpoint(args.local, device=device, dtype=evaluate.resolve_dtype("auto", device))
+    config = evaluate.greedy_config(model, tokenizer, args.max_tokens, evaluate.padding_id(tokenizer))
+    config.update(do_sample=True, temperature=args.temperature, top_k=0, top_p=1.0,
+                  num_return_sequences=args.num_samples)
+    prompt_ids = [local_prompt_ids(tokenizer, prompt) for prompt in prompts]
+    torch.manual_seed(args.seed)
+    with torch.inference_mode():
+        batches = evaluate.generate_batches(model, tokenizer, prompt_ids, config, batch_size=args.batch_size)
+        for indices, outputs in batches:
+            for index, texts in zip(indices, outputs):
+                write(records[index], texts)
+            progress.update(len(indices))
+
+
+def local_prompt_ids(tokenizer, prompt):
+    """Token ids of the prompt as a user turn of the model's chat template, or as plain text
+    for a model without one."""
+    if tokenizer.chat_template:
+        return list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                  add_generation_prompt=True, tokenize=True, return_dict=False))
+    return tokenizer(prompt)["input_ids"]
