@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# One script for a CUDA machine: the CUDA tests, the kernel tuning sweep and the benchmarks.
-# Writes under $OUT (default bench/results/latest): tests.log, tune.json, results.json,
-# benchmark.json, bench.log; prints a short table last. Wheels in .whl/ (liger-kernel,
-# cut-cross-entropy) are installed to /tmp/site first when present. Usage:
-#   bash bench/gpu_check.sh [all|tests|tune|bench]...   (default: all)
+# One script for a CUDA machine: the CUDA tests, the benchmarks, one training step, and the
+# pairwise_kl tuning sweep. Writes under $OUT (default bench/results/latest): gpu.txt,
+# tests.log, results.json (+ benchmark.json, bench.log), train_step.json, tune.json; prints a
+# short table last. Wheels in .whl/ (liger-kernel, cut-cross-entropy) are installed to
+# /tmp/site first when present. Usage: bash bench/gpu_check.sh [tests] [bench] [train] [tune]
+# (default: all four). Each stage has its own time limit; a failing stage does not stop the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/latest}
@@ -13,20 +14,28 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
         && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
-steps=${*:-all}
-want() { [[ " $steps " == *" all "* || " $steps " == *" $1 "* ]]; }
+steps=" ${*:-tests bench train tune} "
 status=0
-
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
-if want tests; then
-    timeout 300 python3 -m pytest -m cuda tests -q -p no:cacheprovider -x 2>&1 | tee "$OUT/tests.log" || status=1
+python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
+
+if [[ $steps == *" tests "* ]]; then
+    timeout 150 python3 -m pytest -m cuda tests -q -p no:cacheprovider > "$OUT/tests.log" 2>&1 || status=1
+    tail -4 "$OUT/tests.log"
 fi
-if want tune; then
-    timeout 200 python3 bench/tune_pairwise_kl.py "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log" || status=1
+if [[ $steps == *" bench "* ]]; then
+    MCCKD_BENCH_OUT="$OUT/results.json" timeout 240 python3 -m pytest bench -q -p no:cacheprovider \
+        --benchmark-only --benchmark-json="$OUT/benchmark.json" > "$OUT/bench.log" 2>&1 || status=1
+    tail -2 "$OUT/bench.log"
 fi
-if want bench; then
-    MCCKD_BENCH_OUT="$OUT/results.json" timeout 400 python3 -m pytest bench -q -p no:cacheprovider \
-        --benchmark-only --benchmark-json="$OUT/benchmark.json" 2>&1 | tee "$OUT/bench.log" | tail -5 || status=1
-    python3 bench/report.py "$OUT/results.json" || status=1
+if [[ $steps == *" train "* ]]; then
+    timeout 90 python3 bench/train_step.py "$OUT/train_step.json" > "$OUT/train_step.log" 2>&1 || status=1
 fi
+if [[ $steps == *" tune "* ]]; then
+    timeout 90 python3 bench/tune_pairwise_kl.py "$OUT/tune.json" > "$OUT/tune.log" 2>&1 || status=1
+fi
+echo "== summary =="
+[[ -f "$OUT/tune.log" ]] && tail -13 "$OUT/tune.log"
+[[ -f "$OUT/train_step.log" ]] && tail -3 "$OUT/train_step.log"
+[[ -f "$OUT/results.json" ]] && python3 bench/report.py "$OUT/results.json"
 exit $status
