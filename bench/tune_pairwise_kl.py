@@ -31,7 +31,7 @@ def gbps(nbytes, ms):
 def sweep(G, K, V, copy):
     logits = (3.0 * torch.randn(G, K, V, device="cuda")).to(torch.bfloat16)
     valid = torch.rand(G, K, device="cuda") > 0.1
-    coef = torch.rand(G, device="cuda")
+    grad_output = torch.rand(G, device="cuda")
     _, stats = pairwise_kl_forward(logits, valid, 1.0)
     rows = []
     for tile, per_thread, warps, per_sm in itertools.product((4096, 8192), (32, 64), (4, 8), (1, 4)):
@@ -40,7 +40,7 @@ def sweep(G, K, V, copy):
         rows.append({"pass": "fwd", "G": G, "K": K, "V": V, "config": config.__dict__, "ms": ms,
                      "of_copy": gbps(2 * logits.numel(), ms) / copy})
         if per_sm == 1:
-            ms = triton.testing.do_bench(lambda: pairwise_kl_backward(logits, valid, 1.0, stats, coef, config=config),
+            ms = triton.testing.do_bench(lambda: pairwise_kl_backward(logits, valid, 1.0, stats, grad_output, config=config),
                                          return_mode="median")
             rows.append({"pass": "bwd", "G": G, "K": K, "V": V, "config": config.__dict__, "ms": ms,
                          "of_copy": gbps(4 * logits.numel(), ms) / copy})

@@ -111,10 +111,18 @@ def _packed(kwargs):
     return packed
 
 
-def _require_half(query, backend):
-    if query.dtype not in (torch.float16, torch.bfloat16):
+def _half_precision(query, key, value, backend):
+    """q, k, v in fp16/bf16 for the kernels that take nothing else. Under autocast, rotary
+    embeddings computed in float32 promote q and k to float32: cast them to autocast's dtype,
+    as transformers does for flash-attn."""
+    if query.dtype in (torch.float16, torch.bfloat16):
+        return query, key, value
+    device_type = query.device.type
+    if not torch.is_autocast_enabled(device_type):
         raise ValueError(f"attention backend {backend!r} needs fp16 or bf16 activations (got {query.dtype}): "
                          "train under bf16 autocast, or choose 'flex' or 'sdpa'")
+    dtype = torch.get_autocast_dtype(device_type)
+    return query.to(dtype), key.to(dtype), value.to(dtype)
 
 
 def _require_no_dropout(dropout, backend):
@@ -174,7 +182,7 @@ def flash_attn_packed_attention(module, query, key, value, attention_mask, dropo
     """flash-attn's varlen kernel over the packed stream: out [1, N, H, D]."""
     from flash_attn import flash_attn_varlen_func
 
-    _require_half(query, "flash_attn")
+    query, key, value = _half_precision(query, key, value, "flash_attn")
     packed = _packed(kwargs)
     q, k, v = _tokens_major(query, key, value)
     cu, max_len = packed.cu_seqlens, packed.max_seqlen
@@ -207,7 +215,7 @@ def torch_varlen_packed_attention(module, query, key, value, attention_mask, dro
     """torch's varlen_attn over the packed stream: out [1, N, H, D]."""
     from torch.nn.attention.varlen import varlen_attn
 
-    _require_half(query, "varlen")
+    query, key, value = _half_precision(query, key, value, "varlen")
     _require_no_dropout(dropout, "varlen")
     packed = _packed(kwargs)
     num_heads, num_kv_heads = query.shape[1], key.shape[1]

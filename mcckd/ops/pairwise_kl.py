@@ -23,7 +23,9 @@ groups the vocabulary is split across programs and the partial (m, d, C) are mer
 way by a second small kernel.
 
 Backward, one read of the logits and one write of the gradient: p and l - lbar are rebuilt
-as l_i = (y_i - m_i) - log d_i, and the gradient formula above is applied tile by tile.
+as l_i = (y_i - m_i) - log d_i, and the gradient formula above is applied tile by tile. The
+reduction over groups is a one-program kernel, and the backward derives each group's
+coefficient itself: a call costs its kernel launches and nothing else on the host.
 All arithmetic is float32; offsets are int64. Logits below -1e30 (masked, padded, -inf)
 are read as -1e30, so every value stays finite and p = 0 there needs no select.
 """
@@ -34,7 +36,7 @@ import triton
 import triton.language as tl
 
 from mcckd.ops.launch import check_triton_can_run, target_programs
-from mcckd.ops.reference import REDUCTIONS, pairwise_sym_kl_reference, reduce_group_losses
+from mcckd.ops.reference import REDUCTIONS, pairwise_sym_kl_reference
 from mcckd.ops.validation import FLOAT_DTYPES, check_choice, check_positive_finite, check_shape, check_tensor
 
 BACKENDS = ("auto", "triton", "torch")
@@ -45,12 +47,17 @@ _FLOOR = tl.constexpr(-1e30)
 
 
 @triton.jit
-def _load_scaled_tile(x_ptr, g, rows, valid, cols, col_limit, stride_g, stride_k, inv_t):
-    """y [K_PAD, BLOCK_V] = max(x / T, -1e30) in float32; -1e30 outside valid rows and columns."""
+def _load_tile(x_ptr, g, rows, valid, cols, col_limit, stride_g, stride_k):
+    """x [K_PAD, BLOCK_V] as stored; -inf outside valid rows and columns (nothing is read)."""
     offsets = g * stride_g + rows.to(tl.int64)[:, None] * stride_k + cols[None, :]
     mask = valid[:, None] & (cols < col_limit)[None, :]
-    x = tl.load(x_ptr + offsets, mask=mask, other=float("-inf")).to(tl.float32)
-    return tl.maximum(x * inv_t, _FLOOR)
+    return tl.load(x_ptr + offsets, mask=mask, other=float("-inf"))
+
+
+@triton.jit
+def _scaled(x, inv_t):
+    """y = max(x / T, -1e30) in float32."""
+    return tl.maximum(x.to(tl.float32) * inv_t, _FLOOR)
 
 
 @triton.jit
@@ -72,9 +79,12 @@ def _row_stats_of(x_ptr, g, rows, valid, is_pivot, n, col_start, col_end, V, str
     m = tl.full([K_PAD], _FLOOR, tl.float32)
     d = tl.zeros([K_PAD, BLOCK_V], tl.float32)
     c = tl.zeros([K_PAD, BLOCK_V], tl.float32)
+    # The next tile's load is issued before this tile's arithmetic, so it is in flight meanwhile.
+    x_next = _load_tile(x_ptr, g, rows, valid, col_start + tl.arange(0, BLOCK_V), col_end, stride_g, stride_k)
     for v0 in range(col_start, col_end, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
-        y = _load_scaled_tile(x_ptr, g, rows, valid, cols, col_end, stride_g, stride_k, inv_t)
+        x = x_next
+        x_next = _load_tile(x_ptr, g, rows, valid, v0 + BLOCK_V + tl.arange(0, BLOCK_V), col_end, stride_g, stride_k)
+        y = _scaled(x, inv_t)
         m_new = tl.maximum(m, tl.max(y, axis=1))
         if tl.max(m_new - m, axis=0) > 0.0:
             delta = m_new - m
@@ -176,24 +186,59 @@ def _pairwise_kl_merge_kernel(
 
 
 @triton.jit
-def _pairwise_kl_bwd_kernel(
-    x_ptr, valid_ptr, stats_ptr, coef_ptr, grad_ptr,
-    G, K, V, stride_g, stride_k, inv_t,
-    K_PAD: tl.constexpr, BLOCK_V: tl.constexpr, HAS_VALID: tl.constexpr,
+def _pairwise_kl_reduce_kernel(
+    loss_ptr, valid_ptr, out_ptr, scale_ptr, G, K,
+    K_PAD: tl.constexpr, BLOCK_G: tl.constexpr, HAS_VALID: tl.constexpr, MEAN: tl.constexpr,
 ):
-    """Program (g, b): grad of columns block b of group g, scaled by coef[g] (= dLoss/dS_g / T).
+    """One program: out = scale * sum_g L_g and scale_ptr = scale, where scale is 1 / (number
+    of groups with two or more valid rows, at least 1) for MEAN, else 1."""
+    total = tl.zeros([BLOCK_G], tl.float32)
+    groups_with_pairs = tl.zeros([BLOCK_G], tl.float32)
+    rows = tl.arange(0, K_PAD)
+    for g0 in range(0, G, BLOCK_G):
+        groups = g0 + tl.arange(0, BLOCK_G)
+        group_in = groups < G
+        total += tl.load(loss_ptr + groups, mask=group_in, other=0.0)
+        if HAS_VALID:
+            mask = group_in[:, None] & (rows < K)[None, :]
+            n = tl.sum(tl.load(valid_ptr + groups.to(tl.int64)[:, None] * K + rows[None, :], mask=mask, other=0)
+                       .to(tl.float32), axis=1)
+        else:
+            n = tl.where(group_in, K * 1.0, 0.0)
+        groups_with_pairs += tl.where(n >= 2.0, 1.0, 0.0)
+    if MEAN:
+        scale = 1.0 / tl.maximum(tl.sum(groups_with_pairs, axis=0), 1.0)
+    else:
+        scale = 1.0
+    tl.store(out_ptr, tl.sum(total, axis=0) * scale)
+    tl.store(scale_ptr, scale)
 
-    grad_i = coef * (n p_i (1 + (l_i - lbar) - c_i) - P) on valid rows, 0 elsewhere.
+
+@triton.jit
+def _pairwise_kl_bwd_kernel(
+    x_ptr, valid_ptr, stats_ptr, grad_out_ptr, scale_ptr, grad_ptr,
+    G, K, V, stride_g, stride_k, stride_grad_out, inv_t,
+    K_PAD: tl.constexpr, BLOCK_V: tl.constexpr, HAS_VALID: tl.constexpr, REDUCED: tl.constexpr,
+):
+    """Program (g, b): grad of columns block b of group g.
+
+    grad_i = coef * (n p_i (1 + (l_i - lbar) - c_i) - P) on valid rows, 0 elsewhere, with
+    coef = dLoss/dL_g / (n (n - 1) T): dLoss/dL_g is grad_out[g] or, REDUCED, grad_out[0] * scale[0].
     """
     g = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     rows, row_in, valid, is_pivot, n = _rows_of_group(valid_ptr, g, K, K_PAD, HAS_VALID)
-    y = _load_scaled_tile(x_ptr, g, rows, valid, cols, V, stride_g, stride_k, inv_t)
+    if REDUCED:
+        grad_group = tl.load(grad_out_ptr) * tl.load(scale_ptr)
+    else:
+        grad_group = tl.load(grad_out_ptr + g * stride_grad_out)
+    pairs = n * (n - 1.0)
+    coef = tl.where(pairs > 0.0, grad_group.to(tl.float32) * inv_t / tl.maximum(pairs, 1.0), 0.0)
+    y = _scaled(_load_tile(x_ptr, g, rows, valid, cols, V, stride_g, stride_k), inv_t)
     row_ptr = stats_ptr + g * K + rows
     row_max = tl.load(row_ptr, mask=valid, other=0.0)
     log_sum = tl.load(row_ptr + G * K, mask=valid, other=0.0)
     centred_mean = tl.load(row_ptr + 2 * G * K, mask=valid, other=0.0)
-    coef = tl.load(coef_ptr + g)
     logp = (y - row_max[:, None]) - log_sum[:, None]
     p = tl.exp(logp)
     total_p = tl.sum(p, axis=0)
@@ -270,48 +315,61 @@ def pairwise_kl_forward(logits, valid, inv_t, num_splits=None, config=FORWARD_CO
     return group_loss, stats
 
 
-def pairwise_kl_backward(logits, valid, inv_t, stats, coef, config=BACKWARD_CONFIG):
-    """Launch the backward: gradient [G, K, V] in logits' dtype; coef [G] = dLoss/dS_g / T."""
+def reduce_group_loss(group_loss, valid, K, mean):
+    """(loss, scale): loss = scale * sum of group_loss [G], scale = 1 / (groups with pairs) for
+    `mean`, else 1; both float32 scalars computed on the device, in one launch."""
+    G = group_loss.shape[0]
+    out = torch.empty(2, dtype=torch.float32, device=group_loss.device)
+    k_pad = triton.next_power_of_2(K)
+    _pairwise_kl_reduce_kernel[(1,)](
+        group_loss, valid if valid is not None else group_loss, out[0:], out[1:], G, K,
+        K_PAD=k_pad, BLOCK_G=max(16, min(1024, 4096 // k_pad)), HAS_VALID=valid is not None, MEAN=mean,
+    )
+    return out[0], out[1:]
+
+
+def pairwise_kl_backward(logits, valid, inv_t, stats, grad_output, scale=None, config=BACKWARD_CONFIG):
+    """Launch the backward: gradient [G, K, V] in logits' dtype. grad_output is dLoss/dL_g [G]
+    (per group), or with `scale` a scalar: dLoss/dL_g = grad_output * scale[0]."""
     G, K, V = logits.shape
     k_pad = triton.next_power_of_2(K)
     block_v = config.block_v(k_pad, V, logits.element_size())
     grad = torch.empty(G, K, V, dtype=logits.dtype, device=logits.device)
     has_valid = valid is not None
+    reduced = scale is not None
     _pairwise_kl_bwd_kernel[(G, triton.cdiv(V, block_v))](
-        logits, valid if has_valid else coef, stats, coef, grad,
-        G, K, V, logits.stride(0), logits.stride(1), inv_t,
-        K_PAD=k_pad, BLOCK_V=block_v, HAS_VALID=has_valid,
+        logits, valid if has_valid else stats, stats, grad_output, scale if reduced else stats, grad,
+        G, K, V, logits.stride(0), logits.stride(1), 0 if reduced else grad_output.stride(0), inv_t,
+        K_PAD=k_pad, BLOCK_V=block_v, HAS_VALID=has_valid, REDUCED=reduced,
         num_warps=config.num_warps(block_v, logits.element_size()),
     )
     return grad
 
 
-def _pairs_weight(valid, G, K, device):
-    """Per-group 1 / (k_g (k_g - 1)) and whether k_g >= 2, from valid [G, K] or None."""
-    k = valid.sum(dim=1, dtype=torch.float32) if valid is not None else torch.full((G,), float(K), device=device)
-    pairs = k * (k - 1)
-    return torch.where(pairs > 0, 1.0 / pairs.clamp(min=1), torch.zeros_like(pairs)), pairs > 0
-
-
 class PairwiseSymKLFunction(torch.autograd.Function):
-    """Autograd wrapper around the Triton launches; returns the per-group losses [G]."""
+    """Autograd wrapper around the Triton launches: the loss reduced as `reduction` says.
+
+    Host work is the launches alone (forward: the stats kernel, the merge when the vocabulary
+    is split, the reduction; backward: one kernel): no host sync, no small torch ops.
+    """
 
     @staticmethod
-    def forward(ctx, logits, valid, temperature, num_splits=None):
+    def forward(ctx, logits, valid, temperature, reduction="none", num_splits=None):
         inv_t = 1.0 / temperature
         group_loss, stats = pairwise_kl_forward(logits, valid, inv_t, num_splits)
-        ctx.save_for_backward(logits, valid, stats)
+        if reduction == "none":
+            loss, scale = group_loss, None
+        else:
+            loss, scale = reduce_group_loss(group_loss, valid, logits.shape[1], mean=reduction == "mean")
+        ctx.save_for_backward(logits, valid, stats, scale)
         ctx.inv_t = inv_t
-        return group_loss
+        return loss
 
     @staticmethod
-    def backward(ctx, grad_group_loss):
-        logits, valid, stats = ctx.saved_tensors
-        G, K, _ = logits.shape
-        pair_weight, _ = _pairs_weight(valid, G, K, logits.device)
-        coef = (grad_group_loss.float() * pair_weight * ctx.inv_t).contiguous()
-        grad = pairwise_kl_backward(logits, valid, ctx.inv_t, stats, coef)
-        return grad, None, None, None
+    def backward(ctx, grad_output):
+        logits, valid, stats, scale = ctx.saved_tensors
+        grad = pairwise_kl_backward(logits, valid, ctx.inv_t, stats, grad_output.float(), scale)
+        return grad, None, None, None, None
 
 
 def _check_inputs(logits, valid, temperature, reduction, backend):
@@ -355,9 +413,8 @@ def pairwise_sym_kl(logits, valid=None, *, temperature=1.0, reduction="mean", ba
         return pairwise_sym_kl_reference(logits, valid, temperature, reduction)
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
-    group_loss = PairwiseSymKLFunction.apply(logits, valid.contiguous() if valid is not None else None, float(temperature))
-    _, has_pairs = _pairs_weight(valid, *logits.shape[:2], logits.device)
-    return reduce_group_losses(group_loss, has_pairs, reduction)
+    valid = valid.contiguous() if valid is not None else None
+    return PairwiseSymKLFunction.apply(logits, valid, float(temperature), reduction)
 
 
 class PairwiseSymKL(torch.nn.Module):

@@ -111,7 +111,7 @@ def test_half_precision_no_worse_than_reference(K, V, dtype, backend):
 def test_vocabulary_split_matches_unsplit(num_splits):
     logits, valid = random_case(3, 5, 4099, seed=11)
     want = definition(logits, valid, 1.3, "none")
-    got = PairwiseSymKLFunction.apply(logits, valid, 1.3, num_splits)
+    got = PairwiseSymKLFunction.apply(logits, valid, 1.3, "none", num_splits)
     assert relative_error(got, want) < 1e-4
 
 
@@ -228,3 +228,20 @@ def test_bad_input_names_the_argument(overrides, message):
     logits, valid = args.pop("logits"), args.pop("valid")
     with pytest.raises(ValueError, match=message):
         pairwise_sym_kl(logits, valid, **args)
+
+
+@pytest.mark.parametrize("reduction", ("mean", "sum"))
+def test_many_groups_reduce_on_the_device(reduction):
+    """More groups than one block of the reduction kernel, some without pairs."""
+    logits, valid = random_case(700, 3, 7, seed=12)
+    valid[5:40, 1:] = False
+    check_against_definition(logits, valid, 1.0, reduction, "triton", tol=1e-4)
+
+
+def test_per_group_losses_summed_by_the_caller():
+    """reduction="none" followed by .sum(): autograd hands the kernel a stride-0 gradient."""
+    logits, valid = random_case(5, 4, 300, seed=13)
+    _, grad = loss_and_grad(lambda x: pairwise_sym_kl(x, valid, reduction="none", backend="triton").sum(),
+                            logits, torch.tensor(2.0))
+    _, want = loss_and_grad(lambda x: definition(x, valid, 1.0, "sum"), logits.double(), torch.tensor(2.0).double())
+    assert relative_error(grad, want) < 1e-4
