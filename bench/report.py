@@ -52,9 +52,10 @@ def plot(results, path):
     fig, axes = plt.subplots(len(sections), 2, figsize=(11, 4 * len(sections)), squeeze=False)
     for (time_ax, mem_ax), section in zip(axes, sections):
         rows = results[section]
-        # The largest-G, K=4 slice (pairwise) or largest-N slice (fused), across V.
-        fixed = max((r["G"], r["K"]) for r in rows if r["K"] == 4) if section == "pairwise_sym_kl" else max(r["N"] for r in rows)
-        pick = (lambda r: (r["G"], r["K"]) == fixed) if section == "pairwise_sym_kl" else (lambda r: r["N"] == fixed)
+        # The slice measured at the most vocabulary sizes: (G, K) for pairwise, N for fused.
+        key = (lambda r: (r["G"], r["K"])) if section == "pairwise_sym_kl" else (lambda r: r["N"])
+        fixed = max({key(r) for r in rows}, key=lambda k: (len({r["V"] for r in rows if key(r) == k}), k))
+        pick = lambda r, fixed=fixed, key=key: key(r) == fixed  # noqa: E731
         for provider in sorted({r["provider"] for r in rows}):
             series = sorted((r["V"], r["ms_fwd_bwd"], r["peak_mb"]) for r in rows if r["provider"] == provider and pick(r))
             series = [s for s in series if s[1] is not None]
