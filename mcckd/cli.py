@@ -15,6 +15,7 @@ COMMANDS = {
     "eval": ("mcckd.evaluate", "answer a task's questions with a student, report its accuracy"),
     "generate": ("mcckd.generate", "sample teacher rationales from a chat-completions server or a local model"),
     "train": ("mcckd.train", "train a student with MCC-KD (torchrun for several GPUs)"),
+    "demo": ("mcckd.demo", "MCC-KD against plain CE on a synthetic task, end to end on a CPU in minutes"),
 }
 
 

@@ -5,17 +5,19 @@ from transformers import PreTrainedTokenizerFast
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
-def train_word_tokenizer(texts, vocab_size=512):
-    """A byte-level BPE tokenizer fitted to `texts`, digits split one by one.
+def train_word_tokenizer(texts, vocab_size=512, *, split_digits=True):
+    """A byte-level BPE tokenizer fitted to `texts`, by default with digits split one by one.
 
     Returns a transformers `PreTrainedTokenizerFast` with pad, bos, eos and unk tokens, ready
     for `save_pretrained`. Splitting digits keeps every number's tokens the same in any context.
+    With split_digits=False, a number is merged like a word: frequent small numbers become one
+    token each (with their leading space), which a tiny student learns to copy and add much
+    sooner than digit strings (the demo).
     """
     tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                               if split_digits else byte_level)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
