@@ -14,7 +14,6 @@ order, in reverse order, the net change, the totals gained and lost), each in se
 and now and then a wrong one (an arithmetic slip, or a forgotten last event), so that the
 correctness filter and the diversity selection of `mcckd prepare` have work to do.
 """
-import random
 from dataclasses import dataclass, replace
 
 from mcckd.data import Record
