@@ -1,4 +1,4 @@
-"""Benchmark protocol shared by bench/: timing, memory, results JSON (DESIGN.md, Benchmarks).
+"""Benchmark protocol shared by bench/: timing, memory, results JSON (docs/design.md, "Benchmarks").
 
 On CUDA every figure comes from CUDA events (`triton.testing.do_bench`, median) and every
 provider is timed in the same process, so ratios compare like with like. On the CPU the
@@ -14,7 +14,7 @@ import torch
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_CUDA = DEVICE.type == "cuda"
-# MCCKD_BENCH_FULL=1: the whole DESIGN.md grid instead of the default subset.
+# MCCKD_BENCH_FULL=1: the whole grid of docs/design.md instead of the default subset.
 FULL_GRID = os.environ.get("MCCKD_BENCH_FULL") == "1"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -14,7 +14,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from mcckd.ops import linear_mcc, pairwise_kl
+from mcckd.ops import cross_entropy
+from mcckd.ops import pairwise_kl_triton as pairwise_kl
 
 TARGET = GPUTarget("cuda", 90, 32)
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -75,7 +76,7 @@ def pairwise_kl_configurations():
 def linear_mcc_configurations():
     """The cross-entropy kernel of linear_mcc for every logits dtype, bias and gradient flag."""
     for dtype, has_bias, has_grad, block_v in itertools.product(DTYPES, (True, False), (True, False), (2048, 4096)):
-        yield (linear_mcc._cross_entropy_kernel, 8,
+        yield (cross_entropy._cross_entropy_kernel, 8,
                {"logits_ptr": "*fp32", "bias_ptr": f"*{dtype}", "labels_ptr": "*i64", "loss_ptr": "*fp32",
                 "grad_ptr": f"*{dtype}", "V": "i32", "stride_logits": "i64", "stride_grad": "i64",
                 "ignore_index": "i64"},

@@ -1,4 +1,4 @@
-"""fused_linear_mcc_loss forward+backward per provider (issue 3; DESIGN.md, Benchmarks).
+"""fused_linear_mcc_loss forward+backward per provider (docs/design.md, "Benchmarks").
 
 Providers: mcckd (ours), torch (materialised logits + F.cross_entropy + reference KL), liger
 and cce (their fused linear cross-entropy + our pairwise kernel on the answer rows). The floor

@@ -1,4 +1,4 @@
-"""pairwise_sym_kl forward and forward+backward, per provider (DESIGN.md, Benchmarks).
+"""pairwise_sym_kl forward and forward+backward, per provider (docs/design.md, "Benchmarks").
 
 `gbps` counts 3 passes over the logits for fwd+bwd (read, read, write: 6 bytes per bf16 logit).
 """

@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from mcckd.data import TokenizedQuestion, TokenizedRationale, pack_questions
-from mcckd.modeling import load_student
+from mcckd.models.student import load_student
 from mcckd.ops.reference import pairwise_sym_kl_reference
-from mcckd.train import MCCKDObjective, train_step
+from mcckd.training.loop import train_step
+from mcckd.training.objective import MCCKDObjective
 
 QUESTIONS, K, SEQ_LEN, PROMPT_LEN, ANSWER_LEN = 8, 4, 512, 64, 3
 WARMUP_STEPS, TIMED_STEPS = 2, 5

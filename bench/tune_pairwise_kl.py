@@ -11,8 +11,8 @@ import sys
 import torch
 import triton.testing
 
-from mcckd.ops import pairwise_kl
-from mcckd.ops.pairwise_kl import LaunchConfig, pairwise_kl_backward, pairwise_kl_forward
+from mcckd.ops import pairwise_kl_triton as pairwise_kl
+from mcckd.ops.pairwise_kl_triton import LaunchConfig, pairwise_kl_backward, pairwise_kl_forward
 
 SHAPES = [(512, 4, 128256), (64, 4, 128256)]
 

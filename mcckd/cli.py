@@ -12,10 +12,10 @@ from mcckd.errors import InputError
 # name -> (module, one-line help)
 COMMANDS = {
     "prepare": ("mcckd.data.prepare", "choose the K most diverse correct teacher rationales per question"),
-    "eval": ("mcckd.evaluate", "answer a task's questions with a student, report its accuracy"),
-    "generate": ("mcckd.generate", "sample teacher rationales from a chat-completions server or a local model"),
-    "train": ("mcckd.train", "train a student with MCC-KD (torchrun for several GPUs)"),
-    "demo": ("mcckd.demo", "MCC-KD against plain CE on a synthetic task, end to end on a CPU in minutes"),
+    "eval": ("mcckd.evaluation.command", "answer a task's questions with a student, report its accuracy"),
+    "generate": ("mcckd.teacher.generate", "sample teacher rationales from a chat-completions server or a local model"),
+    "train": ("mcckd.training.command", "train a student with MCC-KD (torchrun for several GPUs)"),
+    "demo": ("mcckd.demo.command", "MCC-KD against plain CE on a synthetic task, end to end on a CPU in minutes"),
 }
 
 

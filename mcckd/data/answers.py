@@ -103,7 +103,7 @@ def answers_match(pred, gold, task):
 
 def strip_answer_sentence(text):
     """`text` without a closing answer sentence: the training text appends its own fixed one
-    (DESIGN.md, Data). Unchanged when nothing would remain."""
+    (docs/design.md, "Data"). Unchanged when nothing would remain."""
     text = text.rstrip()
     match = CLOSING_ANSWER_SENTENCE.search(text)
     stripped = text[:match.start()].rstrip() if match else text

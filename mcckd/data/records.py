@@ -174,3 +174,12 @@ def check_fields(question, answer, rationales, record_task, task, where):
         raise InputError(f"{where}: the answer must be a string or a number, got {answer!r}")
     if not isinstance(rationales, list) or not all(isinstance(text, str) for text in rationales):
         raise InputError(f"{where}: the rationales must be a list of strings")
+
+
+def record_texts(records):
+    """All the text of the records (questions, answers, rationales): what an on-the-fly
+    tokenizer is fitted to."""
+    for record in records:
+        yield record.question
+        yield record.answer
+        yield from record.rationales

@@ -68,6 +68,17 @@ def prompt_ids(tokenizer, question, template=PromptTemplate()):
     return bos + encode(tokenizer, template.prompt.format(question=question))
 
 
+def encode_prompt(tokenizer, question, *, encoder_decoder=False, template=PromptTemplate()):
+    """Token ids of the prompt a student is trained and evaluated on.
+
+    Decoder-only: `prompt_ids`. Encoder-decoder: the prompt text with the tokenizer's own
+    special tokens (T5 closes with EOS), what the encoder reads.
+    """
+    if encoder_decoder:
+        return list(tokenizer(template.prompt.format(question=question))["input_ids"])
+    return prompt_ids(tokenizer, question, template)
+
+
 def tokenize_record(record, tokenizer, *, template=PromptTemplate(), max_length=None):
     """The TokenizedQuestion of a record and how many rationales were too long for it.
 

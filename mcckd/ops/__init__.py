@@ -1,9 +1,26 @@
-"""Fused kernels and their plain-PyTorch references."""
-from mcckd.ops.linear_mcc import MCCKDLoss, fused_linear_mcc_loss
+"""The fused ops, their PyTorch references, and the registry of their backends.
+
+    pairwise_kl.py         pairwise_sym_kl: all-pairs symmetric KL over K rows (public)
+    pairwise_kl_triton.py  its Triton kernels and autograd Function
+    linear_mcc.py          fused_linear_mcc_loss: lm_head + CE + consistency, no [N, V] logits
+    cross_entropy.py       the cross-entropy rows of a logits tile (Triton and PyTorch)
+    matmul.py              products written in float32 whatever the operands
+    reference.py           the PyTorch specification of every op (and its CPU path)
+    backends.py            backend names, resolution, availability
+    validation.py          argument checks that name the argument
+"""
+from mcckd.ops.backends import OP_BACKENDS
+from mcckd.ops.linear_mcc import LinearMCCOutput, MCCKDLoss, fused_linear_mcc_loss
 from mcckd.ops.pairwise_kl import PairwiseSymKL, pairwise_sym_kl
 from mcckd.ops.reference import fused_linear_mcc_reference, pairwise_sym_kl_reference
 
 __all__ = [
-    "MCCKDLoss", "PairwiseSymKL", "fused_linear_mcc_loss", "fused_linear_mcc_reference", "pairwise_sym_kl",
+    "OP_BACKENDS",
+    "LinearMCCOutput",
+    "MCCKDLoss",
+    "PairwiseSymKL",
+    "fused_linear_mcc_loss",
+    "fused_linear_mcc_reference",
+    "pairwise_sym_kl",
     "pairwise_sym_kl_reference",
 ]

@@ -1,30 +1,21 @@
-"""Where Triton kernels can run, and how many programs fill the device."""
+"""Where Triton kernels run, and how many programs fill the device."""
 import functools
 
 import torch
 from triton.runtime.interpreter import InterpretedFunction
 
 
-def is_interpreted(kernel):
+def is_interpreted(kernel) -> bool:
     """True when `kernel` was decorated under TRITON_INTERPRET=1 (runs on CPU tensors)."""
     return isinstance(kernel, InterpretedFunction)
 
 
-def check_triton_can_run(name, tensor, kernel):
-    """ValueError unless `tensor` is on CUDA or `kernel` runs under Triton's interpreter."""
-    if not tensor.is_cuda and not is_interpreted(kernel):
-        raise ValueError(
-            f"{name} is on {tensor.device}: backend='triton' needs CUDA tensors, "
-            "or TRITON_INTERPRET=1 set before mcckd is imported"
-        )
-
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _multiprocessor_count(device_index):
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def target_programs(device, per_multiprocessor=4):
+def target_programs(device: torch.device, per_multiprocessor: int = 4) -> int:
     """Programs that fill a GPU a few times over; a small fixed count under the interpreter."""
     if device.type != "cuda":
         return per_multiprocessor

@@ -1,6 +1,6 @@
 """Plain-PyTorch references: the specification of every fused op, and the CPU path.
 
-Pairwise symmetric KL (see DESIGN.md). For a group g with K rows of logits x_i [V], scaled
+Pairwise symmetric KL (docs/design.md, "The consistency loss"). For a group g with K rows of logits x_i [V], scaled
 y_i = x_i / T, log-probabilities l_i = log_softmax(y_i) and p_i = exp(l_i):
 
     S_g = sum_{i<j} KL(p_i||p_j) + KL(p_j||p_i) = K * sum_i <p_i, l_i - lbar>,  lbar = mean_i l_i

@@ -2,7 +2,7 @@
 import pytest
 
 from mcckd.data import Record
-from mcckd.word_tokenizer import train_word_tokenizer
+from mcckd.models.word_tokenizer import train_word_tokenizer
 
 RECORDS = [
     Record("q0", "svamp", "Tom has 12 apples and gets 20 more. How many apples?", "32", [

@@ -7,9 +7,11 @@ d=4096, V=128256 in bf16 against a float64 ground truth computed in chunks.
 import pytest
 import torch
 
-from mcckd.ops import fused_linear_mcc_loss, fused_linear_mcc_reference, linear_mcc, pairwise_sym_kl_reference
+from mcckd.ops import fused_linear_mcc_loss, fused_linear_mcc_reference, matmul, pairwise_sym_kl_reference
 from mcckd.ops.launch import is_interpreted
-from mcckd.ops.linear_mcc import _addmm_into, _auto_chunk_size, _cross_entropy_kernel
+from mcckd.ops.cross_entropy import _cross_entropy_kernel
+from mcckd.ops.linear_mcc import _auto_chunk_size
+from mcckd.ops.matmul import addmm_into
 
 pytestmark = pytest.mark.cuda
 DEVICE = torch.device("cuda")
@@ -19,7 +21,7 @@ COEFS = (1.5, 0.25, 0.75)
 def test_compiled_kernels_and_float32_output_gemms():
     assert not is_interpreted(_cross_entropy_kernel), "set TRITON_INTERPRET=0 to test the compiled kernels"
     for dtype in (torch.bfloat16, torch.float16):
-        mm, _ = linear_mcc._float32_output_matmuls(DEVICE, dtype)
+        mm, _ = matmul.float32_output_matmuls(DEVICE, dtype)
         assert mm, f"torch.mm(out_dtype=float32) of {dtype} operands is the low-precision path (torch >= 2.8)"
 
 
@@ -32,8 +34,8 @@ def test_weight_gradient_accumulates_in_float32(in_place, monkeypatch):
     acc = torch.randn(20000, 64, generator=gen, device=DEVICE)
     expected = acc.double() + a.double() @ b.double()
     if not in_place:
-        monkeypatch.setattr(linear_mcc, "_float32_output_matmuls", lambda device, dtype: (True, False))
-    torch.testing.assert_close(_addmm_into(acc, a, b).double(), expected, rtol=1e-5, atol=1e-4)
+        monkeypatch.setattr(matmul, "float32_output_matmuls", lambda device, dtype: (True, False))
+    torch.testing.assert_close(addmm_into(acc, a, b).double(), expected, rtol=1e-5, atol=1e-4)
 
 
 def make_inputs(N, d, V, G, K, *, bias, seed=0, dtype=torch.float64):

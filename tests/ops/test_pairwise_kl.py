@@ -8,7 +8,7 @@ import torch
 
 import mcckd
 from mcckd.ops import PairwiseSymKL, pairwise_sym_kl, pairwise_sym_kl_reference
-from mcckd.ops.pairwise_kl import PairwiseSymKLFunction
+from mcckd.ops.pairwise_kl_triton import PairwiseSymKLFunction
 
 BACKENDS = ("triton", "torch")
 

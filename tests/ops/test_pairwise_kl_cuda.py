@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mcckd.ops import pairwise_sym_kl, pairwise_sym_kl_reference
-from mcckd.ops.pairwise_kl import PairwiseSymKLFunction
+from mcckd.ops.pairwise_kl_triton import PairwiseSymKLFunction
 
 pytestmark = pytest.mark.cuda
 

@@ -7,22 +7,19 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
-from mcckd.checkpoint import save_checkpoint
+from mcckd.training.checkpoint import save_checkpoint
 from mcckd.cli import main
 from mcckd.data import Record, tokenize_record
 from mcckd.data.tokenize import encode
-from mcckd.evaluate import (
-    encode_prompt,
-    evaluate_model,
-    generate_greedy,
-    load_checkpoint,
-    markdown_table,
-    predict,
-)
-from mcckd.modeling import attention_backend, set_attention_backend
-from mcckd.word_tokenizer import train_word_tokenizer
+from mcckd.data.tokenize import encode_prompt
+from mcckd.evaluation.generation import generate_greedy
+from mcckd.evaluation.report import markdown_table
+from mcckd.evaluation.scoring import evaluate_model, predict
+from mcckd.models.attention import attention_backend, set_attention_backend
+from mcckd.models.loading import load_checkpoint
+from mcckd.models.word_tokenizer import train_word_tokenizer
 
-OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "mcckd-official"
+OFFICIAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "mcckd-official"
 
 # (question, gold answer, what the student learns to say): three right, one wrong, one with no
 # answer at all.
@@ -121,7 +118,7 @@ def test_rows_hold_generation_extraction_and_verdict(memorised):
 
 def test_left_padding_leaves_outputs_unchanged(memorised):
     model, tokenizer, records, expected = memorised
-    prompts = [encode_prompt(tokenizer, record.question, model) for record in records]
+    prompts = [encode_prompt(tokenizer, record.question, encoder_decoder=model.config.is_encoder_decoder) for record in records]
     assert len({len(prompt) for prompt in prompts}) > 1  # batches really are padded
     for batch_size in (1, 2, 5):
         assert generate_greedy(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=40) == expected
@@ -130,7 +127,7 @@ def test_left_padding_leaves_outputs_unchanged(memorised):
 def test_prompt_matches_the_training_prompt(memorised):
     model, tokenizer, records, _ = memorised
     tokenized = tokenize_record(Record("x", "svamp", records[0].question, "7", ["r"]), tokenizer)[0].rationales[0]
-    assert encode_prompt(tokenizer, records[0].question, model) == tokenized.input_ids[:tokenized.target_start]
+    assert encode_prompt(tokenizer, records[0].question, encoder_decoder=model.config.is_encoder_decoder) == tokenized.input_ids[:tokenized.target_start]
 
 
 def test_training_state_is_restored(memorised):
@@ -205,7 +202,7 @@ def test_lora_checkpoint_loads_onto_its_base(memorised, tmp_path, base_location)
         (checkpoint / "adapter_config.json").write_text(json.dumps(config))
 
     loaded, loaded_tokenizer = load_checkpoint(checkpoint)
-    input_ids = torch.tensor([encode_prompt(tokenizer, records[0].question, model)])
+    input_ids = torch.tensor([encode_prompt(tokenizer, records[0].question, encoder_decoder=model.config.is_encoder_decoder)])
     with torch.no_grad():
         expected, plain, got = (m.eval()(input_ids).logits for m in (lora, model, loaded))
     assert not torch.allclose(expected, plain, atol=1e-3)
@@ -221,7 +218,7 @@ def test_encoder_decoder_student_batches_like_single_questions(memorised):
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
     )).eval()
-    prompts = [encode_prompt(tokenizer, record.question, model) for record in records]
+    prompts = [encode_prompt(tokenizer, record.question, encoder_decoder=model.config.is_encoder_decoder) for record in records]
     singles = generate_greedy(model, tokenizer, prompts, batch_size=1, max_new_tokens=6)
     assert generate_greedy(model, tokenizer, prompts, batch_size=5, max_new_tokens=6) == singles
     rows = predict(model, tokenizer, records, "svamp", max_new_tokens=6)

@@ -19,21 +19,21 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from mcckd.cli import main
 from mcckd.errors import InputError
-from mcckd.generate import (
+from mcckd.data.resumable import finished_ids
+from mcckd.models.word_tokenizer import train_word_tokenizer
+from mcckd.teacher.client import (
     ChatCompletionsClient,
     ServerError,
     backoff_delay,
     chat_completions_url,
-    finished_ids,
-    local_prompt_ids,
     parse_retry_after,
 )
-from mcckd.word_tokenizer import train_word_tokenizer
+from mcckd.teacher.generate import local_prompt_ids
 
 SECRET = "sk-test-0123456789-do-not-leak"
 KEY_ENV = "MCCKD_TEST_TEACHER_KEY"
 ITEM = re.compile(r"Item (\d+):")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def question(i):

@@ -8,8 +8,9 @@ q of the stream may attend to token k only when both lie in the same sequence an
 
 Position ids alone do not give that: transformers (5.24, CPU, sdpa/eager/flex) lets a packed
 sequence attend to the one before it. So the backends below are registered in transformers'
-`AttentionInterface` under their own names; transformers then builds no mask at all for them,
-and `forward_packed` hands every layer a `PackedSequences` with the boundaries and a mask built
+`AttentionInterface` under their own names (`register_attention_backends`, called by
+`set_attention_backend`); transformers then builds no mask at all for them,
+and `forward_packed` (packed.py) hands every layer a `PackedSequences` with the boundaries and a mask built
 once per forward. Backends, best first ("auto" takes the first available):
 
     flash_attn  flash-attn's `flash_attn_varlen_func` (CUDA, fp16/bf16, when installed)
@@ -22,83 +23,20 @@ once per forward. Backends, best first ("auto" takes the first available):
 The backends serve training only; `transformers_attention` switches back to transformers'
 own attention for generation: `with transformers_attention(model): model.generate(...)`.
 """
+import functools
 import importlib.util
 import inspect
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from transformers import (
-    AttentionInterface,
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
-    AutoTokenizer,
-    PretrainedConfig,
-)
 
-BACKENDS = ("flash_attn", "varlen", "flex", "sdpa")
+from mcckd.models.wrappers import causal_lm
+
+ATTENTION_BACKENDS = ("flash_attn", "varlen", "flex", "sdpa")
 # The names under which transformers knows our backends; none may contain "flash", which
 # transformers would take for its own flash-attention integration.
-REGISTERED_NAMES = {backend: f"mcckd_{backend.replace('flash_attn', 'fa2')}" for backend in BACKENDS}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class Student(NamedTuple):
-    """What `load_student` returns."""
-
-    model: torch.nn.Module  # a transformers model, wrapped by peft under LoRA
-    tokenizer: object  # its tokenizer, or None for a model built from a bare config
-
-
-@dataclass
-class PackedSequences:
-    """Boundaries of a packed stream, and the masks its layers need, built once per forward."""
-
-    cu_seqlens: torch.Tensor  # [S+1] int32
-    max_seqlen: int
-    _masks: dict = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_cu_seqlens(cls, cu_seqlens, max_seqlen=None):
-        if max_seqlen is None:
-            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-        return cls(cu_seqlens.to(torch.int32), max_seqlen)
-
-    def document_ids(self):
-        """doc [N]: the index of the sequence each token belongs to."""
-        lengths = (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).long()
-        return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
-
-    def dense_mask(self, window):
-        """[N, N] bool, True where query q may attend key k (see the module docstring)."""
-        if ("dense", window) not in self._masks:
-            doc = self.document_ids()
-            position = torch.arange(len(doc), device=doc.device)
-            allowed = (doc[:, None] == doc[None, :]) & (position[None, :] <= position[:, None])
-            if window is not None:
-                allowed &= position[:, None] - position[None, :] < window
-            self._masks["dense", window] = allowed
-        return self._masks["dense", window]
-
-    def block_mask(self, window):
-        """The same mask as a FlexAttention BlockMask, never materialised as [N, N]."""
-        if ("block", window) not in self._masks:
-            from torch.nn.attention.flex_attention import create_block_mask
-
-            doc = self.document_ids()
-
-            def allowed(batch, head, q, k):
-                keep = (doc[q] == doc[k]) & (k <= q)
-                return keep if window is None else keep & (q - k < window)
-
-            n = len(doc)
-            # compiled on CUDA, so that no [N, N] intermediate is built
-            self._masks["block", window] = create_block_mask(allowed, None, None, n, n, device=doc.device,
-                                                             _compile=doc.is_cuda)
-        return self._masks["block", window]
+REGISTERED_NAMES = {backend: f"mcckd_{backend.replace('flash_attn', 'fa2')}" for backend in ATTENTION_BACKENDS}
 
 
 def _packed(kwargs):
@@ -106,7 +44,7 @@ def _packed(kwargs):
     if packed is None:
         raise ValueError(
             "the mcckd attention backends run packed training batches only: call "
-            "mcckd.modeling.forward_packed, or generate inside `with transformers_attention(model):`"
+            "mcckd.models.forward_packed, or generate inside `with transformers_attention(model):`"
         )
     return packed
 
@@ -234,8 +172,15 @@ _ATTENTION_FUNCTIONS = {
     "flex": flex_packed_attention,
     "sdpa": sdpa_packed_attention,
 }
-for _backend, _function in _ATTENTION_FUNCTIONS.items():
-    AttentionInterface.register(REGISTERED_NAMES[_backend], _function)
+
+
+@functools.cache
+def register_attention_backends() -> None:
+    """Register the packed backends in transformers' AttentionInterface (once; idempotent)."""
+    from transformers import AttentionInterface
+
+    for backend, function in _ATTENTION_FUNCTIONS.items():
+        AttentionInterface.register(REGISTERED_NAMES[backend], function)
 
 
 def backend_available(backend, device):
@@ -249,25 +194,22 @@ def backend_available(backend, device):
     return backend in ("flex", "sdpa")
 
 
-def resolve_backend(backend, device):
-    """The backend name to use on `device`: "auto" -> the first available of BACKENDS."""
+def resolve_attention_backend(backend, device):
+    """The backend name to use on `device`: "auto" -> the first available of ATTENTION_BACKENDS."""
     device = torch.device(device)
     if backend == "auto":
-        return next(b for b in BACKENDS if backend_available(b, device) and (b != "flex" or device.type == "cuda"))
-    if backend not in BACKENDS:
-        raise ValueError(f"attn_backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+        return next(b for b in ATTENTION_BACKENDS if backend_available(b, device) and (b != "flex" or device.type == "cuda"))
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attn_backend must be 'auto' or one of {ATTENTION_BACKENDS}, got {backend!r}")
     if not backend_available(backend, device):
         raise ValueError(f"attention backend {backend!r} is not available on {device}")
     return backend
 
 
-def causal_lm(model):
-    """The transformers model under an optional peft wrapper."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def set_attention_backend(model, backend):
-    """Switch a loaded decoder-only student to the packed attention backend (one of BACKENDS)."""
+    """Switch a loaded decoder-only student to the packed attention backend (one of
+    ATTENTION_BACKENDS), registering the backends with transformers first."""
+    register_attention_backends()
     causal_lm(model).set_attn_implementation(REGISTERED_NAMES[backend])
 
 
@@ -287,91 +229,3 @@ def attention_backend(model):
     """The packed backend `model` runs, or None when it runs a transformers attention."""
     implementation = causal_lm(model).config._attn_implementation
     return next((b for b, name in REGISTERED_NAMES.items() if name == implementation), None)
-
-
-def positions_from_cu_seqlens(cu_seqlens):
-    """position_ids [N]: 0, 1, ... restarting at every sequence start."""
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    starts = torch.repeat_interleave(cu_seqlens[:-1].long(), lengths)
-    return torch.arange(len(starts), device=cu_seqlens.device) - starts
-
-
-def forward_packed(model, input_ids, cu_seqlens, position_ids=None, max_seqlen=None):
-    """Final normalised hidden states [N, d] (before the lm_head) of a packed stream.
-
-    input_ids [N] long, cu_seqlens [S+1] int32 (sequence s is input_ids[cu[s]:cu[s+1]]),
-    position_ids [N] (default: restarting at 0 in each sequence), max_seqlen the longest
-    sequence (computed when None, at the cost of a device sync). Each sequence attends only to
-    itself, causally. The model must run one of BACKENDS (`load_student` sets it).
-    """
-    if input_ids.dim() != 1 or cu_seqlens.dim() != 1:
-        raise ValueError(f"input_ids must be [N] and cu_seqlens [S+1], got {tuple(input_ids.shape)} "
-                         f"and {tuple(cu_seqlens.shape)}")
-    if attention_backend(model) is None:
-        raise ValueError(f"forward_packed needs one of the packed attention backends {BACKENDS}, the model runs "
-                         f"{causal_lm(model).config._attn_implementation!r}: use set_attention_backend")
-    if position_ids is None:
-        position_ids = positions_from_cu_seqlens(cu_seqlens)
-    packed = PackedSequences.from_cu_seqlens(cu_seqlens, max_seqlen)
-    decoder = causal_lm(model).base_model
-    output = decoder(input_ids=input_ids[None], position_ids=position_ids[None], use_cache=False,
-                     packed_sequences=packed)
-    return output.last_hidden_state[0]
-
-
-def is_encoder_decoder(model):
-    """Whether the student is an encoder-decoder (T5): padded batches, no packing."""
-    return bool(getattr(causal_lm(model).config, "is_encoder_decoder", False))
-
-
-def output_layer(model):
-    """The lm_head (a Linear): its weight [V, d] and bias (usually None) feed the fused loss."""
-    return causal_lm(model).get_output_embeddings()
-
-
-def parse_dtype(dtype):
-    """torch.dtype from a dtype or one of DTYPES' names; None stays None."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
-
-
-def load_student(source, *, tokenizer=None, dtype=None, attn_backend="auto", lora=None, device=None):
-    """A transformers student and its tokenizer.
-
-    source: a local folder, a hub name already in the local cache, or a `PretrainedConfig`
-    (random initialisation). Decoder-only models (Llama, Qwen2, Mistral, ...) get the packed
-    attention backend `attn_backend` resolved for `device` (default: CUDA when present);
-    encoder-decoder models (T5) keep their own attention and train on padded batches.
-    tokenizer: a tokenizer or a path; default: the one stored with `source` (None for a config).
-    lora: None, or a dict of peft `LoraConfig` arguments (r, lora_alpha, lora_dropout,
-    target_modules, ...): the base is frozen and only the adapters train.
-    """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = parse_dtype(dtype)
-    if isinstance(source, PretrainedConfig):
-        auto = AutoModelForSeq2SeqLM if source.is_encoder_decoder else AutoModelForCausalLM
-        model = auto.from_config(source, dtype=dtype)
-    else:
-        config = AutoConfig.from_pretrained(source)
-        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-        model = auto.from_pretrained(source, dtype=dtype)
-        tokenizer = source if tokenizer is None else tokenizer
-    if isinstance(tokenizer, str):
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-    if not model.config.is_encoder_decoder:
-        set_attention_backend(model, resolve_backend(attn_backend, device))
-    model.to(device)
-    if lora is not None:
-        model = apply_lora(model, lora)
-    return Student(model, tokenizer)
-
-
-def apply_lora(model, lora):
-    """Wrap `model` with peft LoRA adapters; `lora` holds peft LoraConfig arguments."""
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    task = TaskType.SEQ_2_SEQ_LM if model.config.is_encoder_decoder else TaskType.CAUSAL_LM
-    return get_peft_model(model, LoraConfig(task_type=task, **lora))

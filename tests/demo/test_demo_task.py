@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from mcckd.data import extract_answer, prepare_records
-from mcckd.demo_task import (
+from mcckd.demo.task import (
     FRAMES,
     ID_FRAMES,
     OOD_FRAMES,

@@ -9,11 +9,12 @@ import pytest
 import yaml
 from transformers import AutoTokenizer
 
-from mcckd import demo
+from mcckd.demo import command, settings
+from mcckd.demo.report import difference_line, results_table
 from mcckd.cli import main
 from mcckd.data import extract_answer, read_records
 
-SMALL = demo.Sizes(train=48, test=12, curve=4, teacher_samples=8)
+SMALL = settings.Sizes(train=48, test=12, curve=4, teacher_samples=8)
 STEPS, SEED = 2, 3
 
 
@@ -23,7 +24,7 @@ def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
-        patch.setattr(demo, "SIZES", SMALL)
+        patch.setattr(command, "SIZES", SMALL)
         assert main(["demo", "--out", str(out), "--steps", str(STEPS), "--seed", str(SEED)]) == 0
     return out, json.loads((out / "metrics.json").read_text()), printed.getvalue()
 
@@ -36,23 +37,23 @@ def test_every_artefact_is_written(finished):
     out, metrics, printed = finished
     for name in ("teacher.jsonl", "train.jsonl", "test_id.jsonl", "test_ood.jsonl", "prepare.txt"):
         assert (out / "data" / name).stat().st_size > 0
-    for name in demo.STUDENTS:
+    for name in settings.STUDENTS:
         assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (out / name).iterdir()}
-        for split in demo.SPLITS:
+        for split in settings.SPLITS:
             assert len(jsonl(out / "eval" / f"{name}-{split}" / "predictions.jsonl")) == SMALL.test
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = demo.results_table(metrics)
+    table = results_table(metrics)
     assert table in (out / "report.md").read_text() and table in printed
-    assert demo.difference_line(metrics) in printed
+    assert difference_line(metrics) in printed
 
 
 def test_metrics_hold_both_students_on_both_test_sets(finished):
     out, metrics, _ = finished
     assert metrics["seed"] == SEED and metrics["steps"] == STEPS
-    assert metrics["ce"]["alpha"] == 0 and metrics["mcc"]["alpha"] == demo.MCC_ALPHA > 0 and metrics["mcc"]["k"] >= 3
-    for name in demo.STUDENTS:
+    assert metrics["ce"]["alpha"] == 0 and metrics["mcc"]["alpha"] == settings.MCC_ALPHA > 0 and metrics["mcc"]["k"] >= 3
+    for name in settings.STUDENTS:
         student = metrics[name]
-        for split in demo.SPLITS:
+        for split in settings.SPLITS:
             summary = json.loads((out / "eval" / f"{name}-{split}" / "summary.json").read_text())
             assert student[f"{split}_n"] == SMALL.test == summary["n"]
             assert student[f"{split}_acc"] == summary["accuracy"] == student[f"{split}_correct"] / SMALL.test
@@ -77,21 +78,21 @@ def test_the_data_went_through_prepare(finished):
     assert len(teacher) == SMALL.train and all(len(r.rationales) == SMALL.teacher_samples for r in teacher)
     assert metrics["task"]["rationales_dropped"]["wrong answer"] > 0
     for record in train:
-        assert 2 <= len(record.rationales) <= demo.K
+        assert 2 <= len(record.rationales) <= settings.K
         assert all(extract_answer(text, record.task) == record.answer for text in record.rationales)
-    test_id, test_ood = (read_records(out / "data" / f"test_{split}.jsonl") for split in demo.SPLITS)
+    test_id, test_ood = (read_records(out / "data" / f"test_{split}.jsonl") for split in settings.SPLITS)
     questions = {r.question for r in teacher}
     assert not questions & {r.question for r in test_id} and not questions & {r.question for r in test_ood}
 
 
 def test_the_students_differ_only_in_alpha(finished):
     out, _, _ = finished
-    configs = {name: yaml.safe_load((out / "runs" / name / "config.yaml").read_text()) for name in demo.STUDENTS}
+    configs = {name: yaml.safe_load((out / "runs" / name / "config.yaml").read_text()) for name in settings.STUDENTS}
     for config in configs.values():
         del config["train"]["out_dir"]
-    assert configs["ce"]["train"].pop("alpha") == 0 and configs["mcc"]["train"].pop("alpha") == demo.MCC_ALPHA
+    assert configs["ce"]["train"].pop("alpha") == 0 and configs["mcc"]["train"].pop("alpha") == settings.MCC_ALPHA
     assert configs["ce"] == configs["mcc"]
-    for name, alpha in (("ce", 0.0), ("mcc", demo.MCC_ALPHA)):
+    for name, alpha in (("ce", 0.0), ("mcc", settings.MCC_ALPHA)):
         logged = jsonl(out / "runs" / name / "metrics.jsonl")
         losses = [m for m in logged if "loss" in m]
         assert losses and all(m["loss"] == pytest.approx(m["ce"] + alpha * m["kl"], rel=1e-6) for m in losses)

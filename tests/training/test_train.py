@@ -15,13 +15,15 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from mcckd.checkpoint import BASE_SUBFOLDER, checkpoint_path, latest_checkpoint
-from mcckd.config import load_config
 from mcckd.data import Record, write_records
+from mcckd.data.stream import MicroBatches
 from mcckd.errors import InputError
-from mcckd.evaluate import load_checkpoint as load_for_eval
-from mcckd.modeling import load_student
-from mcckd.train import MicroBatches, Runtime, train
+from mcckd.models.loading import BASE_SUBFOLDER
+from mcckd.models.loading import load_checkpoint as load_for_eval
+from mcckd.models.student import load_student
+from mcckd.training.checkpoint import checkpoint_path, latest_checkpoint
+from mcckd.training.config import load_config
+from mcckd.training.loop import train
 
 NAMES = ["Tom", "Ana", "Lee", "Mia"]
 
@@ -123,7 +125,7 @@ def test_alpha_zero_is_plain_cross_entropy(records_path, tmp_path):
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint_path(out, 3)),
                                              attn_implementation="sdpa")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    micro_batches = MicroBatches(config, [r for r in synthetic_records()], student, Runtime(0, 1, torch.device("cpu")))
+    micro_batches = MicroBatches(config, list(synthetic_records()), student.tokenizer)
     for step in range(3):
         for batch in micro_batches.for_step(step):
             logits = torch.cat([model(input_ids=batch.input_ids[start:end][None]).logits[0]

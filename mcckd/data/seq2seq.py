@@ -1,6 +1,6 @@
-"""Encoder-decoder students (T5, FlanT5): padded batches and the decoder's hidden states.
+"""Encoder-decoder students (T5, FlanT5): padded batches (the forward: `mcckd.models.seq2seq`).
 
-The question goes into the encoder (the evaluation prompt, `mcckd.evaluate.encode_prompt`),
+The question goes into the encoder (the evaluation prompt, `mcckd.data.tokenize.encode_prompt`),
 the target (rationale, answer sentence, answer, tail, EOS: everything after the prompt of a
 `TokenizedRationale`) into the decoder, shifted right behind the decoder start token:
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from mcckd.data import IGNORE_INDEX
-from mcckd.modeling import causal_lm
+from mcckd.data.packing import IGNORE_INDEX
+from mcckd.data.padding import pad_rows
 
 
 @dataclass
@@ -42,17 +42,6 @@ class Seq2SeqBatch:
                                for f in fields(self)})
 
 
-def pad_rows(rows, value):
-    """[len(rows), longest] long tensor of the rows right-padded with `value`, and its mask."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), value, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, :len(row)] = 1
-    return ids, mask
-
-
 def pad_seq2seq(questions, prompts, k, *, pad_id, decoder_start_id):
     """A Seq2SeqBatch of TokenizedQuestions; prompts[i] are question i's encoder ids."""
     encoder_rows, decoder_rows, label_rows, groups = [], [], [], []
@@ -74,21 +63,3 @@ def pad_seq2seq(questions, prompts, k, *, pad_id, decoder_start_id):
                                  for group in groups], dtype=torch.long).reshape(len(groups), k)
     return Seq2SeqBatch(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
                         labels.flatten(), answer_index)
-
-
-def forward_seq2seq(model, batch):
-    """Decoder hidden states [B * Ld, d] of a Seq2SeqBatch, as the student's lm_head sees them.
-
-    T5 scales the decoder output by d_model^-0.5 before its lm_head (when the head is tied to
-    the embeddings); the scale is applied here so that the fused loss sees the same logits.
-    """
-    lm = causal_lm(model)
-    encoded = lm.get_encoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    decoded = lm.get_decoder()(input_ids=batch.decoder_input_ids, attention_mask=batch.decoder_attention_mask,
-                               encoder_hidden_states=encoded.last_hidden_state,
-                               encoder_attention_mask=batch.attention_mask, use_cache=False)
-    hidden = decoded.last_hidden_state
-    # transformers 5.24 names the switch `scale_decoder_outputs`; before, `tie_word_embeddings`.
-    if getattr(lm.config, "scale_decoder_outputs", lm.config.tie_word_embeddings):
-        hidden = hidden * lm.config.d_model ** -0.5
-    return hidden.flatten(0, 1)

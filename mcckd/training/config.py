@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 import yaml
 
 from mcckd.errors import InputError
-from mcckd.modeling import BACKENDS, DTYPES
-
-ATTENTION_BACKENDS = ("auto", *BACKENDS)
+from mcckd.models.attention import ATTENTION_BACKENDS
+from mcckd.models.dtypes import DTYPES
 
 
 @dataclass
@@ -41,7 +40,7 @@ class ModelConfig:
     tokenizer: str | None = None  # default: the one beside name_or_path; for `config`, trained
     tokenizer_vocab_size: int = 512  # the on-the-fly tokenizer's size (random students only)
     dtype: str = "float32"  # the weights' storage dtype
-    attn_backend: str = "auto"  # one of ATTENTION_BACKENDS (decoder-only students)
+    attn_backend: str = "auto"  # auto or one of ATTENTION_BACKENDS (decoder-only students)
     gradient_checkpointing: bool = False
     lora: LoraConfig | None = None
 
@@ -218,7 +217,8 @@ def validate(config):
              "or model.config must be set, not both")
     _require(model.config is None or "model_type" in model.config, "model.config",
              "needs a 'model_type' (for example llama, qwen2, t5)")
-    _require(model.attn_backend in ATTENTION_BACKENDS, "model.attn_backend", f"must be one of {ATTENTION_BACKENDS}")
+    choices = ("auto", *ATTENTION_BACKENDS)
+    _require(model.attn_backend in choices, "model.attn_backend", f"must be one of {choices}")
     _require(model.dtype in DTYPES, "model.dtype", f"must be one of {tuple(DTYPES)}")
     _require(data.train is not None, "data.train", "must name the training records (JSONL)")
     _require(data.num_rationales >= 2, "data.num_rationales",

@@ -21,7 +21,7 @@ and a checkpoint folder is a Hugging Face `save_pretrained` folder plus the trai
                                            (not sharded; the adapters' only under LoRA)
                        rng_state_<rank>.pt the RNG states of each process
 
-To load a checkpoint for evaluation or inference (`mcckd.evaluate.load_checkpoint` does this):
+To load a checkpoint for evaluation or inference (`mcckd.models.loading.load_checkpoint` does this):
 
     full:  AutoModelForCausalLM.from_pretrained(DIR) (AutoModelForSeq2SeqLM when the config says
            is_encoder_decoder), AutoTokenizer.from_pretrained(DIR)
@@ -32,6 +32,7 @@ To load a checkpoint for evaluation or inference (`mcckd.evaluate.load_checkpoin
 `OUT/checkpoints/.tmp-step-000200` and renamed once complete, so a run killed at any moment
 leaves only complete `step-*` folders (and perhaps a stale `.tmp-*`, removed at the next save).
 """
+import dataclasses
 import random
 import re
 import shutil
@@ -39,9 +40,16 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+
+from mcckd.errors import InputError
+from mcckd.models.loading import BASE_SUBFOLDER
 
 CHECKPOINTS = "checkpoints"
-BASE_SUBFOLDER = "mcckd_base"
 TRAINING_STATE = "training_state.pt"
 OPTIMIZER_STATE = "optimizer.pt"
 STEP_FOLDER = re.compile(r"step-(\d+)")
@@ -151,3 +159,43 @@ def load_optimizer_state(folder):
 def load_rng_state(folder, rank):
     """Restore the RNG states that process `rank` saved in a checkpoint folder."""
     restore_rng_state(torch.load(Path(folder) / f"rng_state_{rank}.pt", weights_only=True))
+
+
+def save_run_checkpoint(out_dir, step, objective, optimizer, scheduler, student, state_options, *,
+                        base_folder=None, keep_last=0):
+    """Checkpoint `step` of a training run: the model's and the optimizer's full states gathered
+    on rank 0 (`state_options`), the scheduler, each process's RNG. Call it on every process."""
+    model_state = get_model_state_dict(objective, options=state_options)
+    return save_checkpoint(out_dir, step, model=student.model, tokenizer=student.tokenizer,
+                           state_dict={k.removeprefix("model."): v for k, v in model_state.items()},
+                           training_state={"step": step, "scheduler": scheduler.state_dict()},
+                           optimizer_state=get_optimizer_state_dict(objective, optimizer, options=state_options),
+                           base_folder=base_folder, keep_last=keep_last)
+
+
+def resume_checkpoint(out_dir, resume):
+    """The checkpoint to continue from (None for a fresh run); refuses to overwrite a run."""
+    latest = latest_checkpoint(out_dir)
+    if resume and latest is None:
+        raise InputError(f"--resume: no checkpoint in {out_dir / CHECKPOINTS}")
+    if not resume and latest is not None:
+        raise InputError(f"{out_dir} already holds checkpoints: pass --resume to continue, "
+                         "or set train.out_dir to a new folder")
+    return latest
+
+
+def restore(folder, objective, optimizer, scheduler, state_options, rt):
+    """Load a checkpoint's optimizer, scheduler and RNG states; returns its step.
+
+    With several processes only rank 0 reads the optimizer state (twice the model in float32)
+    and broadcasts it: one copy in host memory, not one per process."""
+    state = load_training_state(folder)
+    if rt.world_size == 1:
+        set_optimizer_state_dict(objective, optimizer, load_optimizer_state(folder), options=state_options)
+    else:
+        optimizer_state = load_optimizer_state(folder) if rt.rank == 0 else {}
+        set_optimizer_state_dict(objective, optimizer, optimizer_state,
+                                 options=dataclasses.replace(state_options, broadcast_from_rank0=True))
+    scheduler.load_state_dict(state["scheduler"])
+    load_rng_state(folder, rt.rank)
+    return state["step"]

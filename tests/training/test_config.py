@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 
 from mcckd import cli
-from mcckd.config import LoraConfig, load_config
+from mcckd.training.config import LoraConfig, load_config
 from mcckd.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path, text):

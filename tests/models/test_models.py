@@ -9,19 +9,18 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, T5Config
 
 from mcckd.data import IGNORE_INDEX, TokenizedQuestion, TokenizedRationale
-from mcckd.modeling import (
-    PackedSequences,
+from mcckd.data.seq2seq import pad_seq2seq
+from mcckd.models.attention import (
     attention_backend,
-    forward_packed,
-    load_student,
-    output_layer,
-    positions_from_cu_seqlens,
-    resolve_backend,
+    resolve_attention_backend,
     set_attention_backend,
     transformers_attention,
 )
-from mcckd.seq2seq import forward_seq2seq, pad_seq2seq
-from mcckd.word_tokenizer import train_word_tokenizer
+from mcckd.models.packed import PackedSequences, forward_packed, positions_from_cu_seqlens
+from mcckd.models.seq2seq import forward_seq2seq
+from mcckd.models.student import load_student
+from mcckd.models.word_tokenizer import train_word_tokenizer
+from mcckd.models.wrappers import output_layer
 
 VOCAB = 97
 LENGTHS = [5, 9, 1, 7]  # a one-token sequence too
@@ -172,12 +171,12 @@ def test_varlen_backends_pass_the_kernels_what_they_expect(family, backend, kern
 
 
 def test_backend_choice():
-    assert resolve_backend("auto", "cpu") == "sdpa"
-    assert resolve_backend("flex", "cpu") == "flex"
+    assert resolve_attention_backend("auto", "cpu") == "sdpa"
+    assert resolve_attention_backend("flex", "cpu") == "flex"
     with pytest.raises(ValueError, match="'varlen' is not available on cpu"):
-        resolve_backend("varlen", "cpu")
+        resolve_attention_backend("varlen", "cpu")
     with pytest.raises(ValueError, match="attn_backend must be 'auto' or one of"):
-        resolve_backend("eager", "cpu")
+        resolve_attention_backend("eager", "cpu")
 
 
 def test_forward_packed_refuses_transformers_attention():

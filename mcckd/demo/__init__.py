@@ -1,0 +1,1 @@
+"""`mcckd demo`: MCC-KD against plain CE on a synthetic task, end to end on a CPU."""

@@ -1,0 +1,177 @@
+"""The demo's pipeline: data, two students trained and evaluated, the report (see `command.py`)."""
+import json
+import random
+import shutil
+import time
+
+from tqdm import tqdm
+
+from mcckd.data import prepare_records, read_records, write_records
+from mcckd.data.records import record_texts
+from mcckd.demo import task as demo_task
+from mcckd.demo.report import plot_curves, report
+from mcckd.demo.settings import (
+    EVAL_BATCH_SIZE,
+    K,
+    MAX_LENGTH,
+    MAX_NEW_TOKENS,
+    MAX_TOKENS,
+    SPLITS,
+    STUDENT,
+    STUDENTS,
+    TRAINING,
+    VOCAB_SIZE,
+    curve_every,
+)
+from mcckd.errors import InputError
+from mcckd.evaluation.report import write_report
+from mcckd.evaluation.scoring import evaluate_model, predict, summarize
+from mcckd.models.loading import load_checkpoint
+from mcckd.models.word_tokenizer import train_word_tokenizer
+from mcckd.training.config import Config, build, validate
+from mcckd.training.loop import train
+
+
+def run_demo(out, *, steps, seed, sizes):
+    """Write the data, train and evaluate both students, write the report; returns metrics.json."""
+    started = time.perf_counter()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out} exists and is not an empty folder: remove it or pass another --out")
+    data = write_data(out / "data", seed, sizes)
+    write_tokenizer(out / "tokenizer", read_records(data["train"]))
+    test_sets = {split: read_records(data[split]) for split in SPLITS}
+    results = {}
+    for name, (label, alpha) in STUDENTS.items():
+        tqdm.write(f"\n== {label} student (alpha = {alpha:g}, K = {K}, {steps} steps, seed {seed})")
+        results[name] = train_and_evaluate(out, name, alpha, steps, seed, data, test_sets, sizes)
+    metrics = {
+        "task": task_summary(data, sizes),
+        **results,
+        "mcc_minus_ce": {key: results["mcc"][key] - results["ce"][key] for key in ("id_acc", "ood_acc")},
+        "seed": seed,
+        "steps": steps,
+        "student": {**STUDENT, "parameters": results["ce"]["parameters"]},
+        "training": {**TRAINING, "k": K, "max_tokens": MAX_TOKENS, "max_length": MAX_LENGTH},
+        "eval": {"task": demo_task.TASK, "batch_size": EVAL_BATCH_SIZE, "max_new_tokens": MAX_NEW_TOKENS},
+    }
+    plot_curves(out, metrics)
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(report(metrics), encoding="utf-8")
+    return metrics
+
+
+def write_data(folder, seed, sizes):
+    """Problems, teacher rationales and prepared records; {"teacher", "train", "id", "ood",
+    "prepare"}: the paths, and prepare's report."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"mcckd-demo-{seed}")
+    train_problems = demo_task.make_problems(rng, sizes.train, demo_task.ID_FRAMES)
+    seen = {problem.question for problem in train_problems}
+    splits = {"id": demo_task.make_problems(rng, sizes.test, demo_task.ID_FRAMES, exclude=seen),
+              "ood": demo_task.make_problems(rng, sizes.test, demo_task.OOD_FRAMES)}
+    teacher = [demo_task.to_record(problem, f"train-{i}", demo_task.teacher_rationales(problem, rng,
+                                                                                     sizes.teacher_samples))
+               for i, problem in enumerate(tqdm(train_problems, desc="teacher", unit="question"))]
+    kept, prepare_report = prepare_records(teacher, K, min_rationales=2, progress=True)
+    paths = {"teacher": folder / "teacher.jsonl", "train": folder / "train.jsonl",
+             "id": folder / "test_id.jsonl", "ood": folder / "test_ood.jsonl"}
+    write_records(paths["teacher"], teacher)
+    write_records(paths["train"], kept)
+    for split, problems in splits.items():
+        write_records(paths[split], [demo_task.to_record(p, f"{split}-{i}") for i, p in enumerate(problems)])
+    (folder / "prepare.txt").write_text(prepare_report.format() + "\n", encoding="utf-8")
+    return {**paths, "prepare": prepare_report}
+
+
+def write_tokenizer(folder, records):
+    """The students' tokenizer, trained on the training text as `mcckd train` would train it,
+    but with whole numbers."""
+    train_word_tokenizer(record_texts(records), VOCAB_SIZE, split_digits=False).save_pretrained(folder)
+
+
+def student_config(out, name, alpha, steps, seed, data):
+    """The training config of one student (what `mcckd train --config` would read)."""
+    tree = {
+        "model": {"config": STUDENT, "tokenizer": str(out / "tokenizer"), "attn_backend": "sdpa"},
+        "data": {"train": str(data["train"]), "task": demo_task.TASK, "num_rationales": K,
+                 "max_tokens": MAX_TOKENS, "max_length": MAX_LENGTH},
+        "train": {**TRAINING, "out_dir": str(out / "runs" / name), "seed": seed, "max_steps": steps,
+                  "warmup_steps": steps // 10, "alpha": alpha},
+        # the runs evaluate through `curve_evaluation`; eval.data only satisfies the config's check
+        "eval": {"data": str(data["id"]), "task": demo_task.TASK, "every": curve_every(steps),
+                 "batch_size": EVAL_BATCH_SIZE, "max_new_tokens": MAX_NEW_TOKENS},
+    }
+    config = build(Config, tree, "")
+    validate(config)
+    return config
+
+
+def curve_evaluation(test_sets, n):
+    """The training loop's evaluation hook: accuracy on the first n questions of each test set."""
+    def evaluate(model, tokenizer, step):
+        return {f"{split}_accuracy": evaluate_model(model, tokenizer, records[:n], demo_task.TASK,
+                                                    batch_size=EVAL_BATCH_SIZE,
+                                                    max_new_tokens=MAX_NEW_TOKENS)["accuracy"]
+                for split, records in test_sets.items()}
+    return evaluate
+
+
+def train_and_evaluate(out, name, alpha, steps, seed, data, test_sets, sizes):
+    """Train one student, keep its final checkpoint as DIR/name, evaluate it on both test sets."""
+    config = student_config(out, name, alpha, steps, seed, data)
+    started = time.perf_counter()
+    result = train(config, evaluate=curve_evaluation(test_sets, sizes.curve))
+    train_seconds = time.perf_counter() - started
+    folder = keep_model(result["checkpoint"], out / name)
+    model, tokenizer = load_checkpoint(folder)
+    summaries = {split: evaluate_checkpoint(model, tokenizer, folder, data[split], records,
+                                            out / "eval" / f"{name}-{split}")
+                 for split, records in test_sets.items()}
+    last = result["metrics"]
+    return {
+        "alpha": alpha,
+        "k": K,
+        **{f"{split}_{key}": summaries[split][key] for split in SPLITS for key in ("acc", "correct", "n")},
+        "final_loss": last["loss"], "final_ce": last["ce"], "final_kl": last["kl"],
+        "train_seconds": round(train_seconds, 1),
+        "checkpoint": name,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def keep_model(checkpoint, folder):
+    """Move the run's final (and only) checkpoint to `folder`."""
+    shutil.move(checkpoint, folder)
+    checkpoint.parent.rmdir()  # the run's checkpoints/ folder, now empty
+    return folder
+
+
+def evaluate_checkpoint(model, tokenizer, folder, data_path, records, report_dir):
+    """`mcckd eval --model folder --data data_path` with the demo's batch size and length:
+    writes its report to report_dir and returns its summary, with "acc" = the accuracy."""
+    started = time.perf_counter()
+    rows = predict(model, tokenizer, records, demo_task.TASK, batch_size=EVAL_BATCH_SIZE,
+                   max_new_tokens=MAX_NEW_TOKENS, progress=True)
+    summary = {**summarize(rows, demo_task.TASK), "model": str(folder), "data": str(data_path),
+               "max_new_tokens": MAX_NEW_TOKENS, "seconds": round(time.perf_counter() - started, 3)}
+    write_report(report_dir, rows, summary)
+    return {**summary, "acc": summary["accuracy"]}
+
+
+def task_summary(data, sizes):
+    """metrics.json's description of the task and its data."""
+    prepare_report, example = data["prepare"], read_records(data["train"])[0]
+    return {
+        "name": "two- and three-step arithmetic word problems (synthetic)",
+        "answers": demo_task.TASK,
+        "train_questions": prepare_report.questions_kept,
+        "test_questions": sizes.test,
+        "curve_questions": sizes.curve,
+        "id_frames": list(demo_task.ID_FRAMES),
+        "ood_frames": list(demo_task.OOD_FRAMES),
+        "teacher_rationales": prepare_report.rationales_read,
+        "rationales_dropped": dict(prepare_report.rationales_dropped),
+        "rationales_per_question": {str(k): v for k, v in sorted(prepare_report.histogram.items())},
+        "example": {key: getattr(example, key) for key in ("question", "answer", "rationales")},
+    }

@@ -1,0 +1,43 @@
+"""The demo's fixed choices: the student, its training, the data sizes, evaluation."""
+from dataclasses import dataclass
+
+K = 4  # rationales per question
+MCC_ALPHA = 0.1  # the paper's weight of the consistency term
+STEPS = 1200
+SEED = 0
+# The student: about 0.8M parameters.
+STUDENT = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4,
+           "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 256}
+TRAINING = {
+    "lr": 3e-3, "min_lr_ratio": 0.1, "grad_accum": 4, "device": "cpu", "log_every": 10, "save_every": 0,
+    "keep_last": 1, "tensorboard": False,
+}
+# Micro-batches of one question (about 370 tokens): on a CPU the packed attention's
+# block-diagonal mask costs N^2 per micro-batch of N tokens, so small ones are the fastest.
+MAX_LENGTH = 144  # the longest training sequence is about 125 tokens
+MAX_TOKENS = K * MAX_LENGTH
+# Large enough that BPE merges every word and number of the training text into one token: a
+# number is one symbol, so copying it and adding are what the student learns, not digit carries.
+VOCAB_SIZE = 1024
+EVAL_BATCH_SIZE = 100
+MAX_NEW_TOKENS = 96  # the longest training target (rationale, answer sentence) is about 75 tokens
+CURVE_POINTS = 8  # evaluations during each run, for the accuracy curves
+
+@dataclass(frozen=True)
+class Sizes:
+    """How many questions each part of the demo uses."""
+
+    train: int = 5000  # seen about once: fresh questions teach more than repeated ones
+    test: int = 300  # in each test set
+    curve: int = 100  # of each test set, evaluated CURVE_POINTS times during training
+    teacher_samples: int = 8  # rationales the teacher writes per training question
+
+
+SIZES = Sizes()
+STUDENTS = {"ce": ("CE only", 0.0), "mcc": ("MCC-KD", MCC_ALPHA)}
+SPLITS = {"id": "in-distribution", "ood": "out-of-distribution"}
+
+
+def curve_every(steps):
+    """Steps between the evaluations for the accuracy curves."""
+    return max(1, steps // CURVE_POINTS)

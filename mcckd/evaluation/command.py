@@ -1,0 +1,67 @@
+"""Evaluation: batched greedy generation, answer extraction, accuracy reports.
+
+`mcckd eval --model DIR --data FILE --task TASK --out DIR` loads a student checkpoint (a full
+model or a LoRA adapter), answers every question of FILE greedily, reads the final answer out
+of each output with the data package's extraction, and writes to DIR:
+
+    predictions.jsonl   one line per question: id, question, gold, generated, extracted, correct
+    summary.json        {"task", "n", "correct", "accuracy", "missing", ...}
+    summary.md          the same as a markdown table
+
+An output with no extractable answer counts as wrong and as `missing`. Accuracy is correct / n.
+
+Decoder-only students see the training prompt `Question: {question}\\nAnswer:` left-padded,
+so every row of a batch ends at the same column and generation continues from there with a KV
+cache; encoder-decoder students (T5) get the question in the encoder. Prompts are sorted by
+length before batching so that little padding is computed.
+
+The training loop calls `evaluate_model(model, tokenizer, records, task)` for periodic
+evaluation on held-out records.
+"""
+import time
+
+import torch
+
+from mcckd.cli import positive_int
+from mcckd.data.answers import TASKS
+from mcckd.data.records import read_records
+from mcckd.errors import InputError
+from mcckd.evaluation.report import markdown_table, write_report
+from mcckd.evaluation.scoring import predict, summarize
+from mcckd.models.dtypes import DTYPES
+from mcckd.models.loading import load_checkpoint, resolve_dtype
+
+
+def add_arguments(parser):
+    """Arguments of `mcckd eval`."""
+    parser.add_argument("--model", required=True, help="checkpoint folder: a full model or a LoRA adapter")
+    parser.add_argument("--data", required=True, help="records to answer (canonical or the paper's layout)")
+    parser.add_argument("--task", required=True, choices=TASKS, help="the task, for answer extraction")
+    parser.add_argument("--out", required=True, help="folder for predictions.jsonl, summary.json, summary.md")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="questions per generate call")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=256, help="generation length limit")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+                        help="weights dtype (auto: bfloat16 on a GPU that supports it, else float32)")
+
+
+def run(args):
+    """`mcckd eval`: answer every question, write predictions and the accuracy summary."""
+    records = read_records(args.data, args.task)
+    if not records:
+        raise InputError(f"{args.data}: no records")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_checkpoint(args.model, device=device, dtype=resolve_dtype(args.dtype, device))
+    started = time.perf_counter()
+    rows = predict(model, tokenizer, records, args.task, batch_size=args.batch_size,
+                   max_new_tokens=args.max_new_tokens, progress=True)
+    summary = {
+        **summarize(rows, args.task),
+        "model": str(args.model),
+        "data": str(args.data),
+        "max_new_tokens": args.max_new_tokens,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    write_report(args.out, rows, summary)
+    print(markdown_table(summary))
+    return 0

@@ -1,0 +1,2 @@
+"""Teacher rationales: `mcckd generate` (generate.py) through an OpenAI-compatible server
+(client.py) or a local transformers model."""
