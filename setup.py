@@ -28,10 +28,10 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-benchmark>=4.0"],
+        "test": ["pytest>=8.0", "pytest-benchmark>=4.0", "ruff==0.17.6"],
         "bench": ["pytest-benchmark>=4.0", "matplotlib>=3.8"],
         "flash": ["flash-attn>=2.6"],
-        "dev": ["pytest>=8.0", "pytest-benchmark>=4.0", "ruff>=0.5"],
+        "dev": ["pytest>=8.0", "pytest-benchmark>=4.0", "ruff==0.17.6"],
     },
     entry_points={"console_scripts": ["mcckd=mcckd.cli:main"]},
 )

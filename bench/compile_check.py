@@ -1,7 +1,8 @@
 """Compile every Triton kernel configuration for a Hopper GPU (sm_90a) without a GPU.
 
 Catches what the interpreter does not (non-constexpr globals, type errors in compiled code)
-and prints registers and stack (spills) per configuration from cuobjdump. Run: `python bench/compile_check.py`.
+and prints registers and stack (spills) per configuration from cuobjdump.
+Run: `python bench/compile_check.py`.
 """
 import itertools
 import os
@@ -55,11 +56,24 @@ def pairwise_kl_configurations():
                    {"K_PAD": k_pad, "BLOCK_V": block_v, "HAS_VALID": has_valid, "SPLIT": split})
         block_v = pairwise_kl.BACKWARD_CONFIG.block_v(k_pad, 1 << 20, size)
         for reduced in (True, False):
-            yield (pairwise_kl._pairwise_kl_bwd_kernel, pairwise_kl.BACKWARD_CONFIG.num_warps(block_v, size),
-                   {**common, "grad_out_ptr": "*fp32", "scale_ptr": "*fp32", "grad_ptr": f"*{dtype}", "G": "i32",
-                    "K": "i32", "V": "i32", "stride_g": "i64", "stride_k": "i32", "stride_grad_out": "i32",
-                    "inv_t": "fp32"},
-                   {"K_PAD": k_pad, "BLOCK_V": block_v, "HAS_VALID": has_valid, "REDUCED": reduced})
+            yield (
+                pairwise_kl._pairwise_kl_bwd_kernel,
+                pairwise_kl.BACKWARD_CONFIG.num_warps(block_v, size),
+                {
+                    **common,
+                    "grad_out_ptr": "*fp32",
+                    "scale_ptr": "*fp32",
+                    "grad_ptr": f"*{dtype}",
+                    "G": "i32",
+                    "K": "i32",
+                    "V": "i32",
+                    "stride_g": "i64",
+                    "stride_k": "i32",
+                    "stride_grad_out": "i32",
+                    "inv_t": "fp32",
+                },
+                {"K_PAD": k_pad, "BLOCK_V": block_v, "HAS_VALID": has_valid, "REDUCED": reduced},
+            )
     for k_pad, has_valid in itertools.product((2, 4, 8, 16), (True, False)):
         yield (pairwise_kl._pairwise_kl_merge_kernel, 4,
                {"part_ptr": "*fp32", "valid_ptr": "*i1", "stats_ptr": "*fp32", "loss_ptr": "*fp32",
@@ -75,7 +89,9 @@ def pairwise_kl_configurations():
 
 def linear_mcc_configurations():
     """The cross-entropy kernel of linear_mcc for every logits dtype, bias and gradient flag."""
-    for dtype, has_bias, has_grad, block_v in itertools.product(DTYPES, (True, False), (True, False), (2048, 4096)):
+    for dtype, has_bias, has_grad, block_v in itertools.product(
+        DTYPES, (True, False), (True, False), (2048, 4096)
+    ):
         yield (cross_entropy._cross_entropy_kernel, 8,
                {"logits_ptr": "*fp32", "bias_ptr": f"*{dtype}", "labels_ptr": "*i64", "loss_ptr": "*fp32",
                 "grad_ptr": f"*{dtype}", "V": "i32", "stride_logits": "i64", "stride_grad": "i64",
@@ -89,7 +105,8 @@ def main():
         name = kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__
         args = " ".join(f"{k}={v}" for k, v in constexprs.items())
         sig = signature.get("x_ptr", signature.get("grad_ptr", ""))
-        print(f"{name:32s} {sig:6s} {args:55s} warps {num_warps}: {compile_one(kernel, signature, constexprs, num_warps)}")
+        compiled = compile_one(kernel, signature, constexprs, num_warps)
+        print(f"{name:32s} {sig:6s} {args:55s} warps {num_warps}: {compiled}")
 
 
 if __name__ == "__main__":

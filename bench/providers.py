@@ -30,7 +30,7 @@ def liger_pairwise_kl():
     return loss
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled_pairwise_reference():
     return torch.compile(pairwise_sym_kl_reference)
 
@@ -89,7 +89,10 @@ def linear_mcc_providers(on_cuda):
         "torch": lambda h, w, y, a: fused_linear_mcc_reference(h, w, y, a, alpha=ALPHA)[0],
     }
     if on_cuda:
-        for name, linear_cross_entropy in (("liger", liger_linear_cross_entropy()), ("cce", cce_linear_cross_entropy())):
+        for name, linear_cross_entropy in (
+            ("liger", liger_linear_cross_entropy()),
+            ("cce", cce_linear_cross_entropy()),
+        ):
             if linear_cross_entropy is not None:
                 providers[name] = with_answer_kl(linear_cross_entropy)
     return providers

@@ -8,7 +8,10 @@ import argparse
 import json
 from collections import defaultdict
 
-SHAPE_KEYS = {"pairwise_sym_kl": ("G", "K", "V", "dtype"), "fused_linear_mcc": ("N", "d", "V", "G", "K", "dtype")}
+SHAPE_KEYS = {
+    "pairwise_sym_kl": ("G", "K", "V", "dtype"),
+    "fused_linear_mcc": ("N", "d", "V", "G", "K", "dtype"),
+}
 
 
 def by_shape(rows, keys):
@@ -57,13 +60,16 @@ def plot(results, path):
         fixed = max({key(r) for r in rows}, key=lambda k: (len({r["V"] for r in rows if key(r) == k}), k))
         pick = lambda r, fixed=fixed, key=key: key(r) == fixed  # noqa: E731
         for provider in sorted({r["provider"] for r in rows}):
-            series = sorted((r["V"], r["ms_fwd_bwd"], r["peak_mb"]) for r in rows if r["provider"] == provider and pick(r))
+            series = sorted(
+                (r["V"], r["ms_fwd_bwd"], r["peak_mb"]) for r in rows if r["provider"] == provider and pick(r)
+            )
             series = [s for s in series if s[1] is not None]
             if series:
                 vs, ms, mb = zip(*series)
                 time_ax.plot(vs, ms, marker="o", label=provider)
                 mem_ax.plot(vs, mb, marker="o", label=provider)
-        title = f"{section} ({'G=%d, K=%d' % fixed if section == 'pairwise_sym_kl' else 'N=%d' % fixed})"
+        shape = f"G={fixed[0]}, K={fixed[1]}" if section == "pairwise_sym_kl" else f"N={fixed}"
+        title = f"{section} ({shape})"
         time_ax.set(title=f"{title}: fwd+bwd time", xlabel="V", ylabel="ms")
         mem_ax.set(title=f"{title}: peak extra memory", xlabel="V", ylabel="MiB")
         time_ax.legend()

@@ -6,7 +6,6 @@ is the three GEMMs, 6 N d V FLOPs (bench/NOTES.md); peak_mb is memory above the 
 """
 import pytest
 import torch
-
 from common import DEVICE, DTYPES, ON_CUDA, measure, record
 from providers import linear_mcc_providers
 

@@ -6,14 +6,15 @@ import itertools
 
 import pytest
 import torch
-
 from common import DEVICE, DTYPES, FULL_GRID, ON_CUDA, measure, median_ms, record
 from providers import pairwise_providers
 
 if ON_CUDA:
     DEFAULT = [(512, 4, 32000), (512, 4, 128256), (512, 4, 151936), (64, 4, 128256),
                (4096, 4, 128256), (512, 2, 128256), (512, 8, 128256)]
-    SHAPES = list(itertools.product((64, 512, 4096), (2, 4, 8), (32000, 128256, 151936))) if FULL_GRID else DEFAULT
+    SHAPES = (
+        list(itertools.product((64, 512, 4096), (2, 4, 8), (32000, 128256, 151936))) if FULL_GRID else DEFAULT
+    )
     DTYPE = "bf16"
     # torch.compile recompiles per shape: only on the headline shape, unless FULL_GRID.
     COMPILE_SHAPES = SHAPES if FULL_GRID else [(512, 4, 128256)]

@@ -36,12 +36,16 @@ def sweep(G, K, V, copy):
     rows = []
     for tile, per_thread, warps, per_sm in itertools.product((4096, 8192), (32, 64), (4, 8), (1, 4)):
         config = LaunchConfig(tile, per_thread, warps, per_sm)
-        ms = triton.testing.do_bench(lambda: pairwise_kl_forward(logits, valid, 1.0, config=config), return_mode="median")
+        ms = triton.testing.do_bench(
+            lambda config=config: pairwise_kl_forward(logits, valid, 1.0, config=config), return_mode="median"
+        )
         rows.append({"pass": "fwd", "G": G, "K": K, "V": V, "config": config.__dict__, "ms": ms,
                      "of_copy": gbps(2 * logits.numel(), ms) / copy})
         if per_sm == 1:
-            ms = triton.testing.do_bench(lambda: pairwise_kl_backward(logits, valid, 1.0, stats, grad_output, config=config),
-                                         return_mode="median")
+            def backward(config=config):
+                return pairwise_kl_backward(logits, valid, 1.0, stats, grad_output, config=config)
+
+            ms = triton.testing.do_bench(backward, return_mode="median")
             rows.append({"pass": "bwd", "G": G, "K": K, "V": V, "config": config.__dict__, "ms": ms,
                          "of_copy": gbps(4 * logits.numel(), ms) / copy})
     return rows
@@ -49,7 +53,9 @@ def sweep(G, K, V, copy):
 
 def main():
     copy = copy_gbps()
-    print(f"copy {copy:.0f} GB/s; defaults fwd {pairwise_kl.FORWARD_CONFIG}, bwd {pairwise_kl.BACKWARD_CONFIG}")
+    print(
+        f"copy {copy:.0f} GB/s; defaults fwd {pairwise_kl.FORWARD_CONFIG}, bwd {pairwise_kl.BACKWARD_CONFIG}"
+    )
     results = {"copy_gbps": copy, "gpu": torch.cuda.get_device_name(), "rows": []}
     for shape in SHAPES:
         rows = sweep(*shape, copy)

@@ -13,9 +13,15 @@ from mcckd.errors import InputError
 COMMANDS = {
     "prepare": ("mcckd.data.prepare", "choose the K most diverse correct teacher rationales per question"),
     "eval": ("mcckd.evaluation.command", "answer a task's questions with a student, report its accuracy"),
-    "generate": ("mcckd.teacher.generate", "sample teacher rationales from a chat-completions server or a local model"),
+    "generate": (
+        "mcckd.teacher.generate",
+        "sample teacher rationales from a chat-completions server or a local model",
+    ),
     "train": ("mcckd.training.command", "train a student with MCC-KD (torchrun for several GPUs)"),
-    "demo": ("mcckd.demo.command", "MCC-KD against plain CE on a synthetic task, end to end on a CPU in minutes"),
+    "demo": (
+        "mcckd.demo.command",
+        "MCC-KD against plain CE on a synthetic task, end to end on a CPU in minutes",
+    ),
 }
 
 
@@ -45,7 +51,9 @@ def non_negative_float(text):
 
 def build_parser(argv):
     """The parser; the arguments of the sub-command named in argv[0] are filled in."""
-    parser = argparse.ArgumentParser(prog="mcckd", description="Multi-CoT Consistent Knowledge Distillation (MCC-KD)")
+    parser = argparse.ArgumentParser(
+        prog="mcckd", description="Multi-CoT Consistent Knowledge Distillation (MCC-KD)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)

@@ -51,7 +51,9 @@ class PackedBatch:
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            moved[f.name] = value.to(device, non_blocking=non_blocking) if isinstance(value, torch.Tensor) else value
+            moved[f.name] = (
+                value.to(device, non_blocking=non_blocking) if isinstance(value, torch.Tensor) else value
+            )
         return PackedBatch(**moved)
 
 

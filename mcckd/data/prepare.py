@@ -21,7 +21,13 @@ from mcckd.data.records import read_records, write_records
 from mcckd.data.select import select_rationales
 from mcckd.errors import InputError
 
-RATIONALE_DROP_REASONS = ("no answer found", "wrong answer", "exact duplicate", "near duplicate", "not chosen")
+RATIONALE_DROP_REASONS = (
+    "no answer found",
+    "wrong answer",
+    "exact duplicate",
+    "near duplicate",
+    "not chosen",
+)
 
 
 @dataclass
@@ -54,7 +60,9 @@ class PrepareReport:
                  "rationales dropped:"]
         lines += [f"  {reason:<18}{self.rationales_dropped[reason]:>7}" for reason in RATIONALE_DROP_REASONS]
         lines.append("questions dropped:")
-        lines += [f"  {reason:<32}{count:>7}" for reason, count in sorted(self.questions_dropped.items())] or ["  none"]
+        lines += [
+            f"  {reason:<32}{count:>7}" for reason, count in sorted(self.questions_dropped.items())
+        ] or ["  none"]
         lines.append(f"kept {self.questions_kept} questions with {kept_rationales} rationales, "
                      f"{self.kept_with_at_least(2)} of them with two or more")
         lines.append("rationales per question:")
@@ -69,7 +77,10 @@ class PrepareReport:
 def histogram_lines(histogram, width=40):
     """One line per rationale count: the count, the number of questions and a bar."""
     most = max(histogram.values(), default=0)
-    return [f"  {size:>3} {count:>7} " + "#" * round(width * count / most) for size, count in sorted(histogram.items())]
+    return [
+        f"  {size:>3} {count:>7} " + "#" * round(width * count / most)
+        for size, count in sorted(histogram.items())
+    ]
 
 
 def format_mean(values):
@@ -77,14 +88,18 @@ def format_mean(values):
     return f"{sum(values) / len(values):.3f}" if values else "n/a"
 
 
-def prepare_records(records, k, *, ngram=3, near_duplicate=0.8, min_rationales=1, max_subsets=1000, progress=False):
+def prepare_records(
+    records, k, *, ngram=3, near_duplicate=0.8, min_rationales=1, max_subsets=1000, progress=False
+):
     """The records that keep at least `min_rationales` (>= 1) selected rationales, at most k
     each, and the PrepareReport."""
     report = PrepareReport(ngram=ngram)
     kept = []
     too_few = "no rationale left" if min_rationales == 1 else f"fewer than {min_rationales} rationales left"
     for record in tqdm(records, desc="selecting", unit="question", disable=not progress):
-        selection = select_rationales(record, k, ngram=ngram, near_duplicate=near_duplicate, max_subsets=max_subsets)
+        selection = select_rationales(
+            record, k, ngram=ngram, near_duplicate=near_duplicate, max_subsets=max_subsets
+        )
         report.questions_read += 1
         report.rationales_read += len(record.rationales)
         report.rationales_dropped.update(selection.dropped)
@@ -101,11 +116,15 @@ def prepare_records(records, k, *, ngram=3, near_duplicate=0.8, min_rationales=1
 
 def add_arguments(parser):
     """The options of `mcckd prepare`."""
-    parser.add_argument("input", metavar="INPUT", help="teacher rationales: JSON array or JSON lines, .gz too")
+    parser.add_argument(
+        "input", metavar="INPUT", help="teacher rationales: JSON array or JSON lines, .gz too"
+    )
     parser.add_argument("--task", required=True, choices=TASKS, help="how answers are read and compared")
     parser.add_argument("--k", required=True, type=positive_int, help="rationales to keep per question")
     parser.add_argument("--out", required=True, metavar="OUT.jsonl", help="where the canonical records go")
-    parser.add_argument("--ngram", type=positive_int, default=3, help="n of the word n-grams compared (default 3)")
+    parser.add_argument(
+        "--ngram", type=positive_int, default=3, help="n of the word n-grams compared (default 3)"
+    )
     parser.add_argument("--near-duplicate", type=unit_fraction, default=0.8, metavar="SIMILARITY",
                         help="drop a rationale this similar to an earlier one (default 0.8)")
     parser.add_argument("--min-rationales", type=positive_int, default=1, metavar="N",

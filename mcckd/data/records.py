@@ -111,7 +111,9 @@ def iter_json_array(text, path):
         try:
             value, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as error:
-            raise InputError(f"{path}:{error.lineno}: invalid JSON: {error.msg} (column {error.colno})") from None
+            raise InputError(
+                f"{path}:{error.lineno}: invalid JSON: {error.msg} (column {error.colno})"
+            ) from None
         line += text.count("\n", counted_to, position)
         counted_to = position
         yield line, value
@@ -119,7 +121,9 @@ def iter_json_array(text, path):
         if position < len(text) and text[position] == ",":
             position = skip_space(text, position + 1)
         elif position >= len(text) or text[position] != "]":
-            raise InputError(f"{path}:{line_of(text, position)}: invalid JSON: expected ',' or ']' after a record")
+            raise InputError(
+                f"{path}:{line_of(text, position)}: invalid JSON: expected ',' or ']' after a record"
+            )
     if position >= len(text):
         raise InputError(f"{path}:{line_of(text, position)}: invalid JSON: the array is not closed")
     if text[position + 1:].strip():

@@ -30,7 +30,9 @@ class MicroBatches:
         self.per_step = cfg.grad_accum * world_size
         self.offset = rank * cfg.grad_accum
         self.grad_accum = cfg.grad_accum
-        self.sampler = TokenBudgetBatchSampler([q.num_tokens for q in questions], data.max_tokens, seed=cfg.seed)
+        self.sampler = TokenBudgetBatchSampler(
+            [q.num_tokens for q in questions], data.max_tokens, seed=cfg.seed
+        )
         self.epoch, self.order = None, None
         self.collate = self.packed
         if decoder_start_id is not None:
@@ -42,8 +44,10 @@ class MicroBatches:
         """train.max_steps, or the whole steps in train.epochs passes over the data."""
         steps = cfg.max_steps or int(cfg.epochs * len(self.sampler)) // self.per_step
         if steps < 1:
-            raise InputError(f"train.epochs={cfg.epochs} gives {int(cfg.epochs * len(self.sampler))} micro-batches, "
-                             f"fewer than the {self.per_step} of one step (train.grad_accum x processes)")
+            raise InputError(
+                f"train.epochs={cfg.epochs} gives {int(cfg.epochs * len(self.sampler))} micro-batches, "
+                f"fewer than the {self.per_step} of one step (train.grad_accum x processes)"
+            )
         return steps
 
     def question_indices(self, m):

@@ -36,7 +36,9 @@ from mcckd.demo.settings import SEED, SIZES, STEPS
 
 def add_arguments(parser):
     """Arguments of `mcckd demo`."""
-    parser.add_argument("--out", default="mcckd-demo", help="folder to write to, new or empty (default: mcckd-demo)")
+    parser.add_argument(
+        "--out", default="mcckd-demo", help="folder to write to, new or empty (default: mcckd-demo)"
+    )
     parser.add_argument("--steps", type=positive_int, default=STEPS,
                         help=f"optimizer steps of each student (default: {STEPS})")
     parser.add_argument("--seed", type=non_negative_int, default=SEED,

@@ -2,7 +2,7 @@
 import json
 
 from mcckd.demo import task as demo_task
-from mcckd.demo.settings import K, SPLITS, STUDENTS, curve_every
+from mcckd.demo.settings import SPLITS, STUDENTS, K, curve_every
 
 
 def percent(metrics, name, split):
@@ -17,15 +17,19 @@ def results_table(metrics):
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, (label, _) in STUDENTS.items():
         student = metrics[name]
-        lines.append(f"| {label} (`{name}/`) | {student['alpha']:g} | {student['k']} | {percent(metrics, name, 'id')} "
-                     f"| {percent(metrics, name, 'ood')} | {student['train_seconds']:.0f} s |")
+        lines.append(
+            f"| {label} (`{name}/`) | {student['alpha']:g} | {student['k']} | {percent(metrics, name, 'id')} "
+            f"| {percent(metrics, name, 'ood')} | {student['train_seconds']:.0f} s |"
+        )
     return "\n".join(lines)
 
 
 def standard_error(metrics, split):
     """The binomial standard error of the MCC-KD minus CE accuracy on one test set, in points."""
-    variance = sum(metrics[name][f"{split}_acc"] * (1 - metrics[name][f"{split}_acc"]) / metrics[name][f"{split}_n"]
-                   for name in STUDENTS)
+    variance = sum(
+        metrics[name][f"{split}_acc"] * (1 - metrics[name][f"{split}_acc"]) / metrics[name][f"{split}_n"]
+        for name in STUDENTS
+    )
     return 100 * variance ** 0.5
 
 
@@ -42,42 +46,48 @@ def report(metrics):
     example = task["example"]
     frames = [f"- {'in' if frame in task['id_frames'] else 'out-of'}-distribution `{frame}`: {question}"
               for frame, question in demo_task.example_questions().items()]
-    return "\n".join([
-        "# mcckd demo: MCC-KD against CE on synthetic arithmetic word problems",
-        "",
-        results_table(metrics),
-        "",
-        difference_line(metrics),
-        "Each student learns to solve the problems, rather than only to write like the teacher, in a "
-        "fairly sudden phase (see the curves) whose step moves with the seed; one run each says little "
-        "about MCC-KD against CE: compare several seeds (`--seed`).",
-        "",
-        f"- Both students: the same random {student['parameters']:,}-parameter Llama "
-        f"({student['num_hidden_layers']} layers, width {student['hidden_size']}), the same "
-        f"{task['train_questions']} training questions with up to {K} teacher rationales each, the same data "
-        f"order and {metrics['steps']} steps of {metrics['training']['grad_accum']} micro-batches of at most "
-        f"{metrics['training']['max_tokens']} tokens; only alpha, the weight of the consistency loss, differs.",
-        f"- Test sets: {task['test_questions']} new questions each, in the question frames of the training "
-        "data (in-distribution) or in held-out ones (out-of-distribution). Greedy decoding, at most "
-        f"{ev['max_new_tokens']} new tokens. Training time includes an evaluation every "
-        f"{curve_every(metrics['steps'])} steps on {task['curve_questions']} questions of each test set (the curves).",
-        f"- The teacher wrote {task['teacher_rationales']} rationales; prepare dropped "
-        + ", ".join(f"{count} ({reason})" for reason, count in task["rationales_dropped"].items()) + ".",
-        f"- Reproduce an accuracy, in this folder: `mcckd eval --model mcc --data data/test_id.jsonl --task "
-        f"{ev['task']} --batch-size {ev['batch_size']} --max-new-tokens {ev['max_new_tokens']} --out eval-again`",
-        "",
-        "One problem in every question frame:",
-        "",
-        *frames,
-        "",
-        f"The first training question, \"{example['question']}\" (answer {example['answer']}), "
-        "and the rationales prepare kept for it:",
-        "",
-        *[f"{i}. {text}" for i, text in enumerate(example["rationales"], 1)],
-        "",
-        "![loss and accuracy curves](curves.png)",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# mcckd demo: MCC-KD against CE on synthetic arithmetic word problems",
+            "",
+            results_table(metrics),
+            "",
+            difference_line(metrics),
+            "Each student learns to solve the problems, rather than only to write like the teacher, in a "
+            "fairly sudden phase (see the curves) whose step moves with the seed; one run each says little "
+            "about MCC-KD against CE: compare several seeds (`--seed`).",
+            "",
+            f"- Both students: the same random {student['parameters']:,}-parameter Llama "
+            f"({student['num_hidden_layers']} layers, width {student['hidden_size']}), the same "
+            f"{task['train_questions']} training questions with up to {K} teacher rationales each, the "
+            f"same data order and {metrics['steps']} steps of {metrics['training']['grad_accum']} "
+            f"micro-batches of at most {metrics['training']['max_tokens']} tokens; only alpha, the weight "
+            "of the consistency loss, differs.",
+            f"- Test sets: {task['test_questions']} new questions each, in the question frames of the "
+            "training data (in-distribution) or in held-out ones (out-of-distribution). Greedy decoding, "
+            f"at most {ev['max_new_tokens']} new tokens. Training time includes an evaluation every "
+            f"{curve_every(metrics['steps'])} steps on {task['curve_questions']} questions of each test "
+            "set (the curves).",
+            f"- The teacher wrote {task['teacher_rationales']} rationales; prepare dropped "
+            + ", ".join(f"{count} ({reason})" for reason, count in task["rationales_dropped"].items())
+            + ".",
+            "- Reproduce an accuracy, in this folder: `mcckd eval --model mcc --data data/test_id.jsonl "
+            f"--task {ev['task']} --batch-size {ev['batch_size']} --max-new-tokens {ev['max_new_tokens']} "
+            "--out eval-again`",
+            "",
+            "One problem in every question frame:",
+            "",
+            *frames,
+            "",
+            f'The first training question, "{example["question"]}" (answer {example["answer"]}), '
+            "and the rationales prepare kept for it:",
+            "",
+            *[f"{i}. {text}" for i, text in enumerate(example["rationales"], 1)],
+            "",
+            "![loss and accuracy curves](curves.png)",
+            "",
+        ]
+    )
 
 
 def read_log(out, name):
@@ -101,8 +111,14 @@ def plot_curves(out, metrics):
         kl_axis.plot(x, [e["kl"] for e in steps], color=color, label=label)
         x = [e["step"] for e in evaluations]
         for split, style in (("id", "-"), ("ood", "--")):
-            accuracy_axis.plot(x, [100 * e[f"eval_{split}_accuracy"] for e in evaluations], style, color=color,
-                               marker="o", label=f"{label}, {SPLITS[split]}")
+            accuracy_axis.plot(
+                x,
+                [100 * e[f"eval_{split}_accuracy"] for e in evaluations],
+                style,
+                color=color,
+                marker="o",
+                label=f"{label}, {SPLITS[split]}",
+            )
     ce_axis.set(title="training cross-entropy", xlabel="step", yscale="log")
     kl_axis.set(title="consistency loss (mean pairwise KL / 2)", xlabel="step", yscale="log")
     accuracy_axis.set(title=f"accuracy on {metrics['task']['curve_questions']} questions of each test set",

@@ -12,7 +12,6 @@ from mcckd.demo import task as demo_task
 from mcckd.demo.report import plot_curves, report
 from mcckd.demo.settings import (
     EVAL_BATCH_SIZE,
-    K,
     MAX_LENGTH,
     MAX_NEW_TOKENS,
     MAX_TOKENS,
@@ -21,6 +20,7 @@ from mcckd.demo.settings import (
     STUDENTS,
     TRAINING,
     VOCAB_SIZE,
+    K,
     curve_every,
 )
 from mcckd.errors import InputError

@@ -108,7 +108,9 @@ def joined(parts, last="and"):
 def frame_then(p):
     first, *rest = phrases(p, "present")
     then = "".join(f" Then {p.he} {phrase}." for phrase in rest)
-    return f"{p.name} has {p.start} {p.items}. {p.He} {first}.{then} How many {p.items} does {p.name} have now?"
+    return (
+        f"{p.name} has {p.start} {p.items}. {p.He} {first}.{then} How many {p.items} does {p.name} have now?"
+    )
 
 
 def frame_and(p):
@@ -117,8 +119,11 @@ def frame_and(p):
 
 
 def frame_shelf(p):
-    return (f"There are {p.start} {p.items} on {p.name}'s shelf. {p.name} {', then '.join(phrases(p, 'present'))}. "
-            f"How many {p.items} are on the shelf now?")
+    return (
+        f"There are {p.start} {p.items} on {p.name}'s shelf. "
+        f"{p.name} {', then '.join(phrases(p, 'present'))}. "
+        f"How many {p.items} are on the shelf now?"
+    )
 
 
 def frame_first_next(p):
@@ -150,7 +155,9 @@ FRAMES = {**ID_FRAMES, **OOD_FRAMES}
 
 
 # Tom has 5 apples, buys 3 more and gives 2 to Ana: the report shows it in every frame.
-EXAMPLE = Problem("Tom", "he", "Ana", "apples", 5, (Event("gain", "buy", 3), Event("loss", "give", 2)), "then")
+EXAMPLE = Problem(
+    "Tom", "he", "Ana", "apples", 5, (Event("gain", "buy", 3), Event("loss", "give", 2)), "then"
+)
 
 
 def example_questions():
@@ -207,9 +214,21 @@ class Arithmetic:
 
 # One step of a rationale, per wording: {eq} the step's equation, {product} a box count's.
 STEP_WORDINGS = [
-    {"gain": "{Gerund} gives {eq}.", "loss": "{Gerund} leaves {eq}.", "boxes": "{Gerund} adds {product}, so {eq}."},
-    {"gain": "After {gerund}: {eq}.", "loss": "After {gerund}: {eq}.", "boxes": "After {gerund}: {product}, {eq}."},
-    {"gain": "Once {he} {past}, {eq}.", "loss": "Once {he} {past}, {eq}.", "boxes": "Once {he} {past}, {product} and {eq}."},
+    {
+        "gain": "{Gerund} gives {eq}.",
+        "loss": "{Gerund} leaves {eq}.",
+        "boxes": "{Gerund} adds {product}, so {eq}.",
+    },
+    {
+        "gain": "After {gerund}: {eq}.",
+        "loss": "After {gerund}: {eq}.",
+        "boxes": "After {gerund}: {product}, {eq}.",
+    },
+    {
+        "gain": "Once {he} {past}, {eq}.",
+        "loss": "Once {he} {past}, {eq}.",
+        "boxes": "Once {he} {past}, {product} and {eq}.",
+    },
 ]
 OPENINGS = ["", "{name} starts with {start}. "]
 REVERSED_OPENINGS = ["Last change first. ", "In reverse order: "]

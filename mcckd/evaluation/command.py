@@ -40,7 +40,9 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, help="folder for predictions.jsonl, summary.json, summary.md")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="questions per generate call")
     parser.add_argument("--max-new-tokens", type=positive_int, default=256, help="generation length limit")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument(
+        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
+    )
     parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
                         help="weights dtype (auto: bfloat16 on a GPU that supports it, else float32)")
 

@@ -41,7 +41,9 @@ def generate_batches(model, tokenizer, prompts, config, *, batch_size):
     per_prompt = config.num_return_sequences or 1
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
-        input_ids, attention_mask = pad_rows([prompts[i] for i in indices], config.pad_token_id, left=left_pad)
+        input_ids, attention_mask = pad_rows(
+            [prompts[i] for i in indices], config.pad_token_id, left=left_pad
+        )
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
         if left_pad:

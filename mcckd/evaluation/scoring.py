@@ -24,7 +24,9 @@ def predict(model, tokenizer, records, task, *, batch_size=16, max_new_tokens=25
         raise ValueError("records: nothing to evaluate")
     task_kind(task)  # an unknown task fails now, not after the generation
     encoder_decoder = model.config.is_encoder_decoder
-    prompts = [encode_prompt(tokenizer, record.question, encoder_decoder=encoder_decoder) for record in records]
+    prompts = [
+        encode_prompt(tokenizer, record.question, encoder_decoder=encoder_decoder) for record in records
+    ]
     was_training = model.training
     model.eval()
     try:

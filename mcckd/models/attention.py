@@ -36,7 +36,9 @@ from mcckd.models.wrappers import causal_lm
 ATTENTION_BACKENDS = ("flash_attn", "varlen", "flex", "sdpa")
 # The names under which transformers knows our backends; none may contain "flash", which
 # transformers would take for its own flash-attention integration.
-REGISTERED_NAMES = {backend: f"mcckd_{backend.replace('flash_attn', 'fa2')}" for backend in ATTENTION_BACKENDS}
+REGISTERED_NAMES = {
+    backend: f"mcckd_{backend.replace('flash_attn', 'fa2')}" for backend in ATTENTION_BACKENDS
+}
 
 
 def _packed(kwargs):
@@ -198,7 +200,11 @@ def resolve_attention_backend(backend, device):
     """The backend name to use on `device`: "auto" -> the first available of ATTENTION_BACKENDS."""
     device = torch.device(device)
     if backend == "auto":
-        return next(b for b in ATTENTION_BACKENDS if backend_available(b, device) and (b != "flex" or device.type == "cuda"))
+        return next(
+            b
+            for b in ATTENTION_BACKENDS
+            if backend_available(b, device) and (b != "flex" or device.type == "cuda")
+        )
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"attn_backend must be 'auto' or one of {ATTENTION_BACKENDS}, got {backend!r}")
     if not backend_available(backend, device):

@@ -19,14 +19,24 @@ def build_student(config, records, device, resume_from, out_dir, rank):
     where the base of a random student under LoRA is saved (checkpoints copy it), else None.
     """
     m = config.model
-    lora = None if m.lora is None else {"r": m.lora.r, "lora_alpha": m.lora.alpha, "lora_dropout": m.lora.dropout,
-                                        "target_modules": list(m.lora.target_modules)}
+    lora = (
+        None
+        if m.lora is None
+        else {
+            "r": m.lora.r,
+            "lora_alpha": m.lora.alpha,
+            "lora_dropout": m.lora.dropout,
+            "target_modules": list(m.lora.target_modules),
+        }
+    )
     options = {"dtype": m.dtype, "attn_backend": m.attn_backend, "device": device}
     base_folder = out_dir / BASE_SUBFOLDER if m.config is not None and lora is not None else None
     if resume_from is not None and lora is None:
         student = load_student(str(resume_from), **options)
     elif resume_from is not None:
-        student = load_student(str(base_folder or m.name_or_path), tokenizer=str(resume_from), lora=lora, **options)
+        student = load_student(
+            str(base_folder or m.name_or_path), tokenizer=str(resume_from), lora=lora, **options
+        )
         load_adapters(student.model, resume_from)
     elif m.config is not None:
         tokenizer = (AutoTokenizer.from_pretrained(m.tokenizer) if m.tokenizer
@@ -40,7 +50,9 @@ def build_student(config, records, device, resume_from, out_dir, rank):
         try:
             student = load_student(m.name_or_path, tokenizer=m.tokenizer, lora=lora, **options)
         except (OSError, ValueError) as error:
-            raise InputError(f"config key 'model.name_or_path': cannot load {m.name_or_path!r}: {error}") from None
+            raise InputError(
+                f"config key 'model.name_or_path': cannot load {m.name_or_path!r}: {error}"
+            ) from None
     if student.tokenizer is None:
         raise InputError("config key 'model.tokenizer' is needed: the student has no tokenizer beside it")
     if m.gradient_checkpointing:

@@ -93,8 +93,10 @@ def forward_packed(
         raise ValueError(f"input_ids must be [N] and cu_seqlens [S+1], got {tuple(input_ids.shape)} "
                          f"and {tuple(cu_seqlens.shape)}")
     if attention_backend(model) is None:
-        raise ValueError(f"forward_packed needs one of the packed attention backends {ATTENTION_BACKENDS}, the model runs "
-                         f"{causal_lm(model).config._attn_implementation!r}: use set_attention_backend")
+        raise ValueError(
+            f"forward_packed needs one of the packed attention backends {ATTENTION_BACKENDS}, the model runs "
+            f"{causal_lm(model).config._attn_implementation!r}: use set_attention_backend"
+        )
     if position_ids is None:
         position_ids = positions_from_cu_seqlens(cu_seqlens)
     packed = PackedSequences.from_cu_seqlens(cu_seqlens, max_seqlen)

@@ -2,7 +2,13 @@
 from typing import NamedTuple
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PretrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PretrainedConfig,
+)
 
 from mcckd.models.attention import resolve_attention_backend, set_attention_backend
 from mcckd.models.dtypes import parse_dtype

@@ -12,10 +12,10 @@ and through z = W h + b, with D = dLoss/dz: dh_t = D_t W, dW = sum_t D_t^T h_t, 
 
 Forward, over chunks of C tokens: the logits tile [C, V] by cuBLAS with a float32 output
 (low-precision operands, float32 accumulation; rounding logits of magnitude 30 to bf16 moves
-them by up to 0.06, github.com/linkedin/Liger-Kernel/issues/1432); a Triton kernel with an online log-sum-exp stores each
-row's loss, then overwrites the tile with softmax - onehot in the operand dtype (0 for ignored
-rows); then dh = D W and dW += D^T h, both accumulated in float32. The G*K answer rows are
-projected the same way and pairwise_sym_kl gives the KL and its gradient. All gradients are
+them by up to 0.06: github.com/linkedin/Liger-Kernel/issues/1432); a Triton kernel with an online
+log-sum-exp stores each row's loss, then overwrites the tile with softmax - onehot in the operand
+dtype (0 for ignored rows); then dh = D W and dW += D^T h, both accumulated in float32. The G*K
+answer rows are projected the same way and pairwise_sym_kl gives the KL and its gradient. All gradients are
 computed in the forward, as Liger-Kernel and cut-cross-entropy do, and held unscaled in
 float32: backward multiplies them by dLoss/dCE / n, adds the answer rows' part scaled by
 dLoss/dKL (so ce and kl can be differentiated apart) and rounds once to the input dtypes.
@@ -29,9 +29,9 @@ from typing import NamedTuple
 import torch
 import triton
 
+from mcckd.ops import matmul
 from mcckd.ops.backends import OP_BACKENDS, resolve_backend
 from mcckd.ops.cross_entropy import _cross_entropy_kernel, cross_entropy_rows_torch, cross_entropy_rows_triton
-from mcckd.ops import matmul
 from mcckd.ops.matmul import accumulator_dtype, addmm_into, mm_into
 from mcckd.ops.pairwise_kl import pairwise_sym_kl
 from mcckd.ops.validation import FLOAT_DTYPES, check_choice, check_positive_finite, check_shape, check_tensor
@@ -53,7 +53,9 @@ def _auto_chunk_size(N, V, operand_dtype, device):
     a budget (1 GiB on CUDA, 64 MiB elsewhere) but the chunk never drops below the rows that
     keep the GEMMs efficient; chunks are made equal so no small one trails."""
     accumulator = accumulator_dtype(operand_dtype)
-    bytes_per_row = V * (accumulator.itemsize + (operand_dtype.itemsize if operand_dtype != accumulator else 0))
+    bytes_per_row = V * (
+        accumulator.itemsize + (operand_dtype.itemsize if operand_dtype != accumulator else 0)
+    )
     on_cuda = device.type == "cuda"
     budget, floor = (_CUDA_CHUNK_BUDGET, _CUDA_MIN_CHUNK) if on_cuda else (_CPU_CHUNK_BUDGET, _CPU_MIN_CHUNK)
     rows = max(budget // bytes_per_row, floor)
@@ -175,7 +177,12 @@ def _is_int(value):
 
 def _check_scalars(alpha, ignore_index, chunk_size, temperature, backend):
     """ValueError naming the first bad argument among the non-tensor ones."""
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha) or alpha < 0:
+    if (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, numbers.Real)
+        or not math.isfinite(alpha)
+        or alpha < 0
+    ):
         raise ValueError(f"alpha must be a finite real number >= 0, got {alpha!r}")
     if not _is_int(ignore_index):
         raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
@@ -194,13 +201,17 @@ def _check_tensors(hidden, weight, labels, answer_index, answer_valid, bias):
     check_tensor("weight", weight, ndim=2, dtypes=(hidden.dtype,), device=device)
     V = weight.shape[0]
     if V < 1 or weight.shape[1] != d:
-        raise ValueError(f"weight must have shape [V, {d}] with V >= 1 (d from hidden), got {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must have shape [V, {d}] with V >= 1 (d from hidden), got {tuple(weight.shape)}"
+        )
     check_tensor("labels", labels, ndim=1, dtypes=INDEX_DTYPES, device=device)
     check_shape("labels", labels, (N,))
     check_tensor("answer_index", answer_index, ndim=2, dtypes=INDEX_DTYPES, device=device)
     G, K = answer_index.shape
     if G < 1 or K < 2:
-        raise ValueError(f"answer_index must have shape [G, K] with G >= 1 and K >= 2, got {tuple(answer_index.shape)}")
+        raise ValueError(
+            f"answer_index must have shape [G, K] with G >= 1 and K >= 2, got {tuple(answer_index.shape)}"
+        )
     if answer_valid is not None:
         check_tensor("answer_valid", answer_valid, ndim=2, dtypes=(torch.bool,), device=device)
         check_shape("answer_valid", answer_valid, (G, K))
@@ -262,7 +273,9 @@ def fused_linear_mcc_loss(
     _check_scalars(alpha, ignore_index, chunk_size, temperature, backend)
     _check_tensors(hidden, weight, labels, answer_index, answer_valid, bias)
     ce_backend = resolve_backend(backend, hidden, _cross_entropy_kernel, name="hidden")
-    kl_backend = resolve_backend(backend, hidden, _cross_entropy_kernel, name="answer_index", k=answer_index.shape[1])
+    kl_backend = resolve_backend(
+        backend, hidden, _cross_entropy_kernel, name="answer_index", k=answer_index.shape[1]
+    )
     _check_index_values(labels, answer_index, weight.shape[0], hidden.shape[0], ignore_index)
     ce, kl = FusedLinearMCCFunction.apply(
         hidden, weight, bias, labels.contiguous(), answer_index,
@@ -287,10 +300,19 @@ class MCCKDLoss(torch.nn.Module):
         self.alpha, self.temperature, self.ignore_index = alpha, temperature, ignore_index
         self.chunk_size, self.backend = chunk_size, backend
 
-    def forward(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, answer_index: torch.Tensor,
-                answer_valid: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> LinearMCCOutput:
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        labels: torch.Tensor,
+        answer_index: torch.Tensor,
+        answer_valid: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+    ) -> LinearMCCOutput:
         if not isinstance(hidden, torch.Tensor) or hidden.dim() < 2:
-            raise ValueError(f"hidden must be a tensor [..., d], got {getattr(hidden, 'shape', type(hidden).__name__)}")
+            raise ValueError(
+                f"hidden must be a tensor [..., d], got {getattr(hidden, 'shape', type(hidden).__name__)}"
+            )
         if not isinstance(labels, torch.Tensor) or labels.shape != hidden.shape[:-1]:
             raise ValueError(f"labels must have shape {tuple(hidden.shape[:-1])} (hidden without d), "
                              f"got {tuple(getattr(labels, 'shape', ()))}")

@@ -75,7 +75,9 @@ def _row_stats_of(x_ptr, g, rows, valid, is_pivot, n, col_start, col_end, V, str
     x_next = _load_tile(x_ptr, g, rows, valid, col_start + tl.arange(0, BLOCK_V), col_end, stride_g, stride_k)
     for v0 in range(col_start, col_end, BLOCK_V):
         x = x_next
-        x_next = _load_tile(x_ptr, g, rows, valid, v0 + BLOCK_V + tl.arange(0, BLOCK_V), col_end, stride_g, stride_k)
+        x_next = _load_tile(
+            x_ptr, g, rows, valid, v0 + BLOCK_V + tl.arange(0, BLOCK_V), col_end, stride_g, stride_k
+        )
         y = _scaled(x, inv_t)
         m_new = tl.maximum(m, tl.max(y, axis=1))
         if tl.max(m_new - m, axis=0) > 0.0:
@@ -193,8 +195,12 @@ def _pairwise_kl_reduce_kernel(
         total += tl.load(loss_ptr + groups, mask=group_in, other=0.0)
         if HAS_VALID:
             mask = group_in[:, None] & (rows < K)[None, :]
-            n = tl.sum(tl.load(valid_ptr + groups.to(tl.int64)[:, None] * K + rows[None, :], mask=mask, other=0)
-                       .to(tl.float32), axis=1)
+            n = tl.sum(
+                tl.load(valid_ptr + groups.to(tl.int64)[:, None] * K + rows[None, :], mask=mask, other=0).to(
+                    tl.float32
+                ),
+                axis=1,
+            )
         else:
             n = tl.where(group_in, K * 1.0, 0.0)
         groups_with_pairs += tl.where(n >= 2.0, 1.0, 0.0)
@@ -262,7 +268,10 @@ class LaunchConfig:
 
     def block_v(self, k_pad, V, element_size):
         block_v = max(16, min(self.tile_values // k_pad, triton.next_power_of_2(V)))
-        while block_v > 16 and k_pad * block_v > 32 * self.num_warps(block_v, element_size) * self.values_per_thread:
+        while (
+            block_v > 16
+            and k_pad * block_v > 32 * self.num_warps(block_v, element_size) * self.values_per_thread
+        ):
             block_v //= 2
         return block_v
 

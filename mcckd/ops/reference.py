@@ -1,6 +1,7 @@
 """Plain-PyTorch references: the specification of every fused op, and the CPU path.
 
-Pairwise symmetric KL (docs/design.md, "The consistency loss"). For a group g with K rows of logits x_i [V], scaled
+Pairwise symmetric KL (docs/design.md, "The consistency loss"). For a group g with K rows of
+logits x_i [V], scaled
 y_i = x_i / T, log-probabilities l_i = log_softmax(y_i) and p_i = exp(l_i):
 
     S_g = sum_{i<j} KL(p_i||p_j) + KL(p_j||p_i) = K * sum_i <p_i, l_i - lbar>,  lbar = mean_i l_i
@@ -58,7 +59,9 @@ def centre_over_valid_rows(x, valid, k):
     pivot = x.gather(1, first_valid[:, None, None].expand(-1, 1, x.shape[-1]))
     pivot = torch.where(torch.isfinite(pivot), pivot, 0.0)
     diff = x - pivot
-    mean_diff = torch.where(valid.unsqueeze(-1), diff, 0.0).sum(dim=1, keepdim=True) / k.clamp(min=1).unsqueeze(-1)
+    mean_diff = torch.where(valid.unsqueeze(-1), diff, 0.0).sum(dim=1, keepdim=True) / k.clamp(
+        min=1
+    ).unsqueeze(-1)
     return diff - mean_diff
 
 
@@ -87,7 +90,10 @@ def fused_linear_mcc_reference(hidden, weight, labels, answer_index, answer_vali
     logits = torch.nn.functional.linear(hidden, weight, bias).to(compute_dtype)
     targets = labels.long()
     n_targets = (targets != ignore_index).sum().clamp(min=1)
-    ce = torch.nn.functional.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum") / n_targets
+    ce = (
+        torch.nn.functional.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+        / n_targets
+    )
     valid = answer_index >= 0
     if answer_valid is not None:
         valid = valid & answer_valid

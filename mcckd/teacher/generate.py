@@ -51,11 +51,16 @@ def add_arguments(parser):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--endpoint", help="OpenAI-compatible server: base URL (http://host:8000/v1) "
                                            "or the full /chat/completions URL")
-    source.add_argument("--local", metavar="MODEL", help="generate with this transformers model folder instead")
+    source.add_argument(
+        "--local", metavar="MODEL", help="generate with this transformers model folder instead"
+    )
     parser.add_argument("--model", help="model name the server serves (with --endpoint)")
     parser.add_argument("--max-tokens", type=positive_int, default=512, help="length limit of one rationale")
-    parser.add_argument("--prompt", help="prompt template file: {question} is replaced by the question, "
-                                         "{answer_kind} by what the answer is (a number, a letter, yes or no)")
+    parser.add_argument(
+        "--prompt",
+        help="prompt template file: {question} is replaced by the question, "
+        "{answer_kind} by what the answer is (a number, a letter, yes or no)",
+    )
     server = parser.add_argument_group("server")
     server.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight at once")
     server.add_argument("--api-key-env", default="OPENAI_API_KEY",
@@ -92,15 +97,25 @@ def run(args):
         def write(record, rationales):
             append_line(handle, asdict(replace(record, rationales=rationales)))
 
-        progress = tqdm(total=len(records), initial=len(records) - len(todo), desc="generate", unit="question")
+        progress = tqdm(
+            total=len(records), initial=len(records) - len(todo), desc="generate", unit="question"
+        )
         with progress:
             try:
                 if args.local:
                     generate_local(args, todo, prompts, write, progress)
                 else:
-                    generate_remote(make_client(args), todo, prompts, write, progress, num_samples=args.num_samples,
-                                    temperature=args.temperature, max_tokens=args.max_tokens,
-                                    concurrency=args.concurrency)
+                    generate_remote(
+                        make_client(args),
+                        todo,
+                        prompts,
+                        write,
+                        progress,
+                        num_samples=args.num_samples,
+                        temperature=args.temperature,
+                        max_tokens=args.max_tokens,
+                        concurrency=args.concurrency,
+                    )
             except ServerError as error:
                 print(f"mcckd: error: {error}", file=sys.stderr)
                 return 1
@@ -160,7 +175,9 @@ def generate_remote(client, records, prompts, write, progress, *, num_samples, t
         item = next(pending, None)
         if item is not None:
             record, prompt = item
-            future = pool.submit(client.sample, prompt, n=num_samples, temperature=temperature, max_tokens=max_tokens)
+            future = pool.submit(
+                client.sample, prompt, n=num_samples, temperature=temperature, max_tokens=max_tokens
+            )
             in_flight[future] = record
 
     try:
@@ -204,6 +221,12 @@ def local_prompt_ids(tokenizer, prompt):
     """Token ids of the prompt as a user turn of the model's chat template, or as plain text
     for a model without one."""
     if tokenizer.chat_template:
-        return list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                  add_generation_prompt=True, tokenize=True, return_dict=False))
+        return list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+            )
+        )
     return tokenizer(prompt)["input_ids"]

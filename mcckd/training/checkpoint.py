@@ -166,11 +166,17 @@ def save_run_checkpoint(out_dir, step, objective, optimizer, scheduler, student,
     """Checkpoint `step` of a training run: the model's and the optimizer's full states gathered
     on rank 0 (`state_options`), the scheduler, each process's RNG. Call it on every process."""
     model_state = get_model_state_dict(objective, options=state_options)
-    return save_checkpoint(out_dir, step, model=student.model, tokenizer=student.tokenizer,
-                           state_dict={k.removeprefix("model."): v for k, v in model_state.items()},
-                           training_state={"step": step, "scheduler": scheduler.state_dict()},
-                           optimizer_state=get_optimizer_state_dict(objective, optimizer, options=state_options),
-                           base_folder=base_folder, keep_last=keep_last)
+    return save_checkpoint(
+        out_dir,
+        step,
+        model=student.model,
+        tokenizer=student.tokenizer,
+        state_dict={k.removeprefix("model."): v for k, v in model_state.items()},
+        training_state={"step": step, "scheduler": scheduler.state_dict()},
+        optimizer_state=get_optimizer_state_dict(objective, optimizer, options=state_options),
+        base_folder=base_folder,
+        keep_last=keep_last,
+    )
 
 
 def resume_checkpoint(out_dir, resume):

@@ -42,7 +42,9 @@ def distribute(objective, cfg, rt, bf16):
     if cfg.distributed == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(objective, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        return DistributedDataParallel(
+            objective, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+        )
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

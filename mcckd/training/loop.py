@@ -113,8 +113,10 @@ def run_training(config: Config, rt: Runtime, resume: bool, evaluate) -> dict:
         torch.manual_seed(cfg.seed + rt.rank)  # dropout masks differ between processes
     if rt.rank == 0:
         write_run_config(out_dir, config)
-        tqdm.write(f"{len(micro_batches.questions)} questions, {len(micro_batches.sampler)} micro-batches an epoch, "
-                   f"{total_steps} steps of {micro_batches.per_step}; dropped: {micro_batches.dropped}")
+        tqdm.write(
+            f"{len(micro_batches.questions)} questions, {len(micro_batches.sampler)} micro-batches an epoch, "
+            f"{total_steps} steps of {micro_batches.per_step}; dropped: {micro_batches.dropped}"
+        )
     log = RunLog(out_dir, step, cfg.tensorboard, enabled=rt.rank == 0)
     evaluate = evaluate or evaluation_hook(config)
     autocast = functools.partial(torch.autocast, rt.device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -125,22 +127,40 @@ def run_training(config: Config, rt: Runtime, resume: bool, evaluate) -> dict:
     while step < total_steps:
         batches = [batch.to(rt.device) for batch in micro_batches.for_step(step)]
         lr = scheduler.get_last_lr()[0]
-        sums, grad_norm = train_step(objective, optimizer, scheduler, batches, max_grad_norm=cfg.max_grad_norm,
-                                     autocast=autocast, sync=gradient_sync(objective))
+        sums, grad_norm = train_step(
+            objective,
+            optimizer,
+            scheduler,
+            batches,
+            max_grad_norm=cfg.max_grad_norm,
+            autocast=autocast,
+            sync=gradient_sync(objective),
+        )
         step += 1
         meter.add(sums, len(batches), micro_batches.tokens_for_step(step - 1))
         bar.update(1)
         if step % cfg.log_every == 0 or step == total_steps:
             metrics = {"step": step, **meter.read(rt), "lr": lr, **peak_memory(rt.device)}
             if grad_norm is not None:
-                metrics["grad_norm"] = float(grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm)
+                metrics["grad_norm"] = float(
+                    grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
+                )
             log.write(metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.2e}")
         if evaluate is not None and config.eval.every and step % config.eval.every == 0:
             run_evaluation(evaluate, student, step, rt, log)
         if (cfg.save_every and step % cfg.save_every == 0) or step == total_steps:
-            saved = save_run_checkpoint(out_dir, step, objective, optimizer, scheduler, student, state_options,
-                                        base_folder=base_folder, keep_last=cfg.keep_last)
+            saved = save_run_checkpoint(
+                out_dir,
+                step,
+                objective,
+                optimizer,
+                scheduler,
+                student,
+                state_options,
+                base_folder=base_folder,
+                keep_last=cfg.keep_last,
+            )
     bar.close()
     log.close()
     return {"step": step, "checkpoint": saved, "metrics": metrics, "rank": rt.rank}
@@ -149,4 +169,6 @@ def run_training(config: Config, rt: Runtime, resume: bool, evaluate) -> dict:
 def write_run_config(out_dir, config):
     """OUT/config.yaml: the resolved config of the run."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), encoding="utf-8")
+    (out_dir / "config.yaml").write_text(
+        yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), encoding="utf-8"
+    )

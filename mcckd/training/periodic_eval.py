@@ -30,6 +30,8 @@ def run_evaluation(evaluate, student, step, rt, log):
                      else transformers_attention(student.model))
         with attention:
             results = evaluate(student.model, student.tokenizer, step)
-        log.write({"step": step, **{f"eval_{k}": v for k, v in results.items() if isinstance(v, (int, float))}})
+        log.write(
+            {"step": step, **{f"eval_{k}": v for k, v in results.items() if isinstance(v, (int, float))}}
+        )
     if rt.world_size > 1:
         dist.barrier()

@@ -11,21 +11,36 @@ import pytest
 from mcckd.cli import main
 from mcckd.data import read_records
 
-SHARED_DATA = Path(os.environ.get("MCCKD_SHARED_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
+SHARED_DATA = Path(
+    os.environ.get("MCCKD_SHARED_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data")
+)
 SVAMP_TRAIN = SHARED_DATA / "mcckd-official" / "SVAMP" / "train.json"
 
 QUESTIONS = [
-    {"instruction": "Tom has 12 apples and gets 20 more. How many apples?\n", "label": "32", "output": [
-        "Start with 12 apples. Twenty more arrive. Counting on from twenty by twelve reaches 32.",
-        "12 + 20 = 30. The answer is 30.",
-        "Start with 12 apples. Twenty more arrive. Together that makes 32 apples in the basket.",
-        "Start with 12 apples. Twenty more arrive. Together that makes 32 apples in the basket.",
-        "Counting on from twenty by twelve reaches thirty-two, written 32 as digits.",
-    ]},
-    {"instruction": "A pen costs $1.50. How much do 2 pens cost?\n", "label": "3", "output": [
-        "2 x 1.50 = 3.00 dollars.", "I do not know.",
-    ]},
-    {"instruction": "What is 5 - 7?\n", "label": "-2", "output": ["5 - 7 = 2", "Therefore, the answer is 12."]},
+    {
+        "instruction": "Tom has 12 apples and gets 20 more. How many apples?\n",
+        "label": "32",
+        "output": [
+            "Start with 12 apples. Twenty more arrive. Counting on from twenty by twelve reaches 32.",
+            "12 + 20 = 30. The answer is 30.",
+            "Start with 12 apples. Twenty more arrive. Together that makes 32 apples in the basket.",
+            "Start with 12 apples. Twenty more arrive. Together that makes 32 apples in the basket.",
+            "Counting on from twenty by twelve reaches thirty-two, written 32 as digits.",
+        ],
+    },
+    {
+        "instruction": "A pen costs $1.50. How much do 2 pens cost?\n",
+        "label": "3",
+        "output": [
+            "2 x 1.50 = 3.00 dollars.",
+            "I do not know.",
+        ],
+    },
+    {
+        "instruction": "What is 5 - 7?\n",
+        "label": "-2",
+        "output": ["5 - 7 = 2", "Therefore, the answer is 12."],
+    },
 ]
 
 
@@ -83,8 +98,22 @@ def test_python_dash_m_runs_the_command(tmp_path):
     source.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "4", "rationales": ["2 + 2 = 4."]}))
     out = tmp_path / "out.jsonl"
     result = subprocess.run(
-        [sys.executable, "-m", "mcckd", "prepare", str(source), "--task", "gsm8k", "--k", "4", "--out", str(out)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "mcckd",
+            "prepare",
+            str(source),
+            "--task",
+            "gsm8k",
+            "--k",
+            "4",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "kept 1 questions with 1 rationales" in result.stdout

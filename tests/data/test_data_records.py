@@ -41,7 +41,13 @@ def test_paper_layout_as_array_or_lines(tmp_path, name):
 
 def test_canonical_records_round_trip(tmp_path):
     records = [
-        Record("q-a", "csqa", "Where is money kept? Answer Choices:\nA. bank\nB. tree", "A", ["Banks keep money."]),
+        Record(
+            "q-a",
+            "csqa",
+            "Where is money kept? Answer Choices:\nA. bank\nB. tree",
+            "A",
+            ["Banks keep money."],
+        ),
         Record("q-b", "strategyqa", "Is ice cold?", "yes", ["Ice is frozen water, so yes.", "Yes, it is."]),
         # written unescaped: line separators other than "\n" must not end a JSON line
         Record("q-c", "svamp", "What is 1 + 1?", "2", ["1 + 1\u2028= 2\x85\r done"]),
@@ -56,18 +62,36 @@ def test_canonical_records_round_trip(tmp_path):
 
 ERROR_CASES = [
     # (file text, expected line, expected message part)
-    ('{"question": "q1", "answer": "1", "rationales": []}\n{"question": "q2", "answer": \n', 2, "invalid JSON"),
-    ('{"question": "q1", "answer": "1"}\n\n{"question": "q2", "answer": "two"}\n', 3, "not a valid svamp answer"),
+    (
+        '{"question": "q1", "answer": "1", "rationales": []}\n{"question": "q2", "answer": \n',
+        2,
+        "invalid JSON",
+    ),
+    (
+        '{"question": "q1", "answer": "1"}\n\n{"question": "q2", "answer": "two"}\n',
+        3,
+        "not a valid svamp answer",
+    ),
     ('{"question": "q1", "answer": "1"}\n[1, 2]\n', 2, "expected a JSON object"),
     ('{"question": "q1", "answer": "1", "rationales": "one"}\n', 1, "list of strings"),
     ('{"question": "q1", "answer": "1", "task": "csqa"}\n', 1, "the record's task is 'csqa'"),
     ('{"prompt": "q1"}\n', 1, "expected the keys"),
-    ('[\n  {"instruction": "q1", "output": [], "label": "1"},\n  {"instruction": "q2",\n   "output": [3],'
-     ' "label": "2"}\n]\n', 3, "list of strings"),
-    ('[\n  {"instruction": "q1", "output": [], "label": "1"},\n  {"instruction": "q2" "label": "2"}\n]\n', 3,
-     "invalid JSON"),
-    ('[\n  {"instruction": "q1", "output": [], "label": "1"}\n  {"instruction": "q2", "label": "2"}\n]\n', 3,
-     "expected ',' or ']'"),
+    (
+        '[\n  {"instruction": "q1", "output": [], "label": "1"},\n  {"instruction": "q2",\n   "output": [3],'
+        ' "label": "2"}\n]\n',
+        3,
+        "list of strings",
+    ),
+    (
+        '[\n  {"instruction": "q1", "output": [], "label": "1"},\n  {"instruction": "q2" "label": "2"}\n]\n',
+        3,
+        "invalid JSON",
+    ),
+    (
+        '[\n  {"instruction": "q1", "output": [], "label": "1"}\n  {"instruction": "q2", "label": "2"}\n]\n',
+        3,
+        "expected ',' or ']'",
+    ),
     ('[\n  {"instruction": "q1", "output": [], "label": "1"},\n', 3, "not closed"),
 ]
 

@@ -8,7 +8,9 @@ def test_answer_ids_are_the_same_under_every_rationale(tokenizer, records):
         assert too_long == 0 and len(question.rationales) == len(record.rationales)
         assert tokenizer.decode(question.answer_ids).strip() == record.answer
         for rationale in question.rationales:
-            span = rationale.input_ids[rationale.answer_start:rationale.answer_start + len(question.answer_ids)]
+            span = rationale.input_ids[
+                rationale.answer_start : rationale.answer_start + len(question.answer_ids)
+            ]
             assert span == question.answer_ids
 
 
@@ -25,10 +27,15 @@ def test_sequence_text_follows_the_template(tokenizer, records):
 
 
 def test_template_is_configurable(tokenizer, records):
-    template = PromptTemplate(prompt="Q: {question}\nA:", answer_sentence="The answer is", tail="!", add_bos=False)
+    template = PromptTemplate(
+        prompt="Q: {question}\nA:", answer_sentence="The answer is", tail="!", add_bos=False
+    )
     question, _ = tokenize_record(records[1], tokenizer, template=template)
     ids = question.rationales[0].input_ids
-    assert tokenizer.decode(ids[:-1]) == f"Q: {records[1].question}\nA: {records[1].rationales[0]}\nThe answer is 14!"
+    assert (
+        tokenizer.decode(ids[:-1])
+        == f"Q: {records[1].question}\nA: {records[1].rationales[0]}\nThe answer is 14!"
+    )
 
 
 def test_too_long_rationales_are_dropped_whole_and_counted(tokenizer, records):
@@ -39,11 +46,15 @@ def test_too_long_rationales_are_dropped_whole_and_counted(tokenizer, records):
     question, too_long = tokenize_record(record, tokenizer, max_length=budget)
     assert too_long == sum(length > budget for length in lengths) == 1
     kept = [rationale.input_ids for rationale in question.rationales]
-    assert kept == [rationale.input_ids for rationale in full.rationales if len(rationale.input_ids) <= budget]
+    assert kept == [
+        rationale.input_ids for rationale in full.rationales if len(rationale.input_ids) <= budget
+    ]
 
 
 def test_tokenize_records_drops_questions_left_without_rationales(tokenizer, records):
-    lengths = [[len(r.input_ids) for r in tokenize_record(record, tokenizer)[0].rationales] for record in records]
+    lengths = [
+        [len(r.input_ids) for r in tokenize_record(record, tokenizer)[0].rationales] for record in records
+    ]
     budget = min(min(question) for question in lengths)  # the shortest sequence of all fits
     empty = Record("q9", "svamp", "What is 2 + 2?", "4", [])
     questions, dropped = tokenize_records([*records, empty], tokenizer, max_length=budget)
@@ -58,7 +69,9 @@ def test_tokenize_records_drops_questions_left_without_rationales(tokenizer, rec
 
 def test_white_space_around_a_rationale_is_dropped(tokenizer, records):
     record = records[1]
-    padded = Record(record.id, record.task, record.question, record.answer, [f"\n  {record.rationales[0]} \n\n"])
+    padded = Record(
+        record.id, record.task, record.question, record.answer, [f"\n  {record.rationales[0]} \n\n"]
+    )
     assert tokenize_record(padded, tokenizer)[0] == tokenize_record(record, tokenizer)[0]
 
 

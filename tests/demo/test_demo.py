@@ -9,10 +9,10 @@ import pytest
 import yaml
 from transformers import AutoTokenizer
 
-from mcckd.demo import command, settings
-from mcckd.demo.report import difference_line, results_table
 from mcckd.cli import main
 from mcckd.data import extract_answer, read_records
+from mcckd.demo import command, settings
+from mcckd.demo.report import difference_line, results_table
 
 SMALL = settings.Sizes(train=48, test=12, curve=4, teacher_samples=8)
 STEPS, SEED = 2, 3
@@ -38,7 +38,9 @@ def test_every_artefact_is_written(finished):
     for name in ("teacher.jsonl", "train.jsonl", "test_id.jsonl", "test_ood.jsonl", "prepare.txt"):
         assert (out / "data" / name).stat().st_size > 0
     for name in settings.STUDENTS:
-        assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (out / name).iterdir()}
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+            p.name for p in (out / name).iterdir()
+        }
         for split in settings.SPLITS:
             assert len(jsonl(out / "eval" / f"{name}-{split}" / "predictions.jsonl")) == SMALL.test
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -50,7 +52,11 @@ def test_every_artefact_is_written(finished):
 def test_metrics_hold_both_students_on_both_test_sets(finished):
     out, metrics, _ = finished
     assert metrics["seed"] == SEED and metrics["steps"] == STEPS
-    assert metrics["ce"]["alpha"] == 0 and metrics["mcc"]["alpha"] == settings.MCC_ALPHA > 0 and metrics["mcc"]["k"] >= 3
+    assert (
+        metrics["ce"]["alpha"] == 0
+        and metrics["mcc"]["alpha"] == settings.MCC_ALPHA > 0
+        and metrics["mcc"]["k"] >= 3
+    )
     for name in settings.STUDENTS:
         student = metrics[name]
         for split in settings.SPLITS:
@@ -87,10 +93,15 @@ def test_the_data_went_through_prepare(finished):
 
 def test_the_students_differ_only_in_alpha(finished):
     out, _, _ = finished
-    configs = {name: yaml.safe_load((out / "runs" / name / "config.yaml").read_text()) for name in settings.STUDENTS}
+    configs = {
+        name: yaml.safe_load((out / "runs" / name / "config.yaml").read_text()) for name in settings.STUDENTS
+    }
     for config in configs.values():
         del config["train"]["out_dir"]
-    assert configs["ce"]["train"].pop("alpha") == 0 and configs["mcc"]["train"].pop("alpha") == settings.MCC_ALPHA
+    assert (
+        configs["ce"]["train"].pop("alpha") == 0
+        and configs["mcc"]["train"].pop("alpha") == settings.MCC_ALPHA
+    )
     assert configs["ce"] == configs["mcc"]
     for name, alpha in (("ce", 0.0), ("mcc", settings.MCC_ALPHA)):
         logged = jsonl(out / "runs" / name / "metrics.jsonl")

@@ -40,9 +40,13 @@ def test_problems_add_up_and_their_questions_state_every_number(problems):
         assert "loss" in kinds and set(kinds) - {"loss"}
         lost = sum(event.count for event in p.events if event.kind == "loss")
         assert p.start >= lost  # any order of the events stays at or above zero
-        assert p.answer == p.start + sum(e.count * e.size if e.kind == "boxes" else e.count * (-1 if e.kind == "loss"
-                                                                                              else 1) for e in p.events)
-        given = [p.start] + [n for e in p.events for n in ((e.count, e.size) if e.kind == "boxes" else (e.count,))]
+        assert p.answer == p.start + sum(
+            e.count * e.size if e.kind == "boxes" else e.count * (-1 if e.kind == "loss" else 1)
+            for e in p.events
+        )
+        given = [p.start] + [
+            n for e in p.events for n in ((e.count, e.size) if e.kind == "boxes" else (e.count,))
+        ]
         assert numbers(p.question) == sorted(given)
     assert len({p.question for p in problems}) == len(problems)
     assert {p.frame for p in problems} == set(FRAMES)

@@ -7,17 +7,16 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
-from mcckd.training.checkpoint import save_checkpoint
 from mcckd.cli import main
 from mcckd.data import Record, tokenize_record
-from mcckd.data.tokenize import encode
-from mcckd.data.tokenize import encode_prompt
+from mcckd.data.tokenize import encode, encode_prompt
 from mcckd.evaluation.generation import generate_greedy
 from mcckd.evaluation.report import markdown_table
 from mcckd.evaluation.scoring import evaluate_model, predict
 from mcckd.models.attention import attention_backend, set_attention_backend
 from mcckd.models.loading import load_checkpoint
 from mcckd.models.word_tokenizer import train_word_tokenizer
+from mcckd.training.checkpoint import save_checkpoint
 
 OFFICIAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "mcckd-official"
 
@@ -82,8 +81,12 @@ def memorise(model, sequences, pad_id, steps=200):
 @pytest.fixture(scope="module")
 def memorised():
     """(model, tokenizer, records, expected generations) of a student that learnt CASES."""
-    records = [Record(f"svamp-{i}", "svamp", question, gold, []) for i, (question, gold, _, _) in enumerate(CASES)]
-    texts = [f"Question: {q}\nAnswer: {r or UNANSWERED}\nTherefore, the answer is {a}." for q, _, r, a in CASES]
+    records = [
+        Record(f"svamp-{i}", "svamp", question, gold, []) for i, (question, gold, _, _) in enumerate(CASES)
+    ]
+    texts = [
+        f"Question: {q}\nAnswer: {r or UNANSWERED}\nTherefore, the answer is {a}." for q, _, r, a in CASES
+    ]
     tokenizer = train_word_tokenizer(texts, vocab_size=320)
     model = tiny_llama(tokenizer)
     sequences = [training_sequence(record, rationale, answer, tokenizer)
@@ -96,7 +99,9 @@ def memorised():
 
 def write_paper_layout(path, records):
     """The records as the paper's test files hold them: instruction, empty output, label."""
-    rows = [{"instruction": record.question + "\n", "output": "", "label": record.answer} for record in records]
+    rows = [
+        {"instruction": record.question + "\n", "output": "", "label": record.answer} for record in records
+    ]
     path.write_text(json.dumps(rows), encoding="utf-8")
 
 
@@ -118,16 +123,26 @@ def test_rows_hold_generation_extraction_and_verdict(memorised):
 
 def test_left_padding_leaves_outputs_unchanged(memorised):
     model, tokenizer, records, expected = memorised
-    prompts = [encode_prompt(tokenizer, record.question, encoder_decoder=model.config.is_encoder_decoder) for record in records]
+    prompts = [
+        encode_prompt(tokenizer, record.question, encoder_decoder=model.config.is_encoder_decoder)
+        for record in records
+    ]
     assert len({len(prompt) for prompt in prompts}) > 1  # batches really are padded
     for batch_size in (1, 2, 5):
-        assert generate_greedy(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=40) == expected
+        assert (
+            generate_greedy(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=40) == expected
+        )
 
 
 def test_prompt_matches_the_training_prompt(memorised):
     model, tokenizer, records, _ = memorised
-    tokenized = tokenize_record(Record("x", "svamp", records[0].question, "7", ["r"]), tokenizer)[0].rationales[0]
-    assert encode_prompt(tokenizer, records[0].question, encoder_decoder=model.config.is_encoder_decoder) == tokenized.input_ids[:tokenized.target_start]
+    tokenized = tokenize_record(Record("x", "svamp", records[0].question, "7", ["r"]), tokenizer)[
+        0
+    ].rationales[0]
+    assert (
+        encode_prompt(tokenizer, records[0].question, encoder_decoder=model.config.is_encoder_decoder)
+        == tokenized.input_ids[: tokenized.target_start]
+    )
 
 
 def test_training_state_is_restored(memorised):
@@ -202,7 +217,9 @@ def test_lora_checkpoint_loads_onto_its_base(memorised, tmp_path, base_location)
         (checkpoint / "adapter_config.json").write_text(json.dumps(config))
 
     loaded, loaded_tokenizer = load_checkpoint(checkpoint)
-    input_ids = torch.tensor([encode_prompt(tokenizer, records[0].question, encoder_decoder=model.config.is_encoder_decoder)])
+    input_ids = torch.tensor(
+        [encode_prompt(tokenizer, records[0].question, encoder_decoder=model.config.is_encoder_decoder)]
+    )
     with torch.no_grad():
         expected, plain, got = (m.eval()(input_ids).logits for m in (lora, model, loaded))
     assert not torch.allclose(expected, plain, atol=1e-3)
@@ -218,7 +235,10 @@ def test_encoder_decoder_student_batches_like_single_questions(memorised):
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
     )).eval()
-    prompts = [encode_prompt(tokenizer, record.question, encoder_decoder=model.config.is_encoder_decoder) for record in records]
+    prompts = [
+        encode_prompt(tokenizer, record.question, encoder_decoder=model.config.is_encoder_decoder)
+        for record in records
+    ]
     singles = generate_greedy(model, tokenizer, prompts, batch_size=1, max_new_tokens=6)
     assert generate_greedy(model, tokenizer, prompts, batch_size=5, max_new_tokens=6) == singles
     rows = predict(model, tokenizer, records, "svamp", max_new_tokens=6)
@@ -228,7 +248,17 @@ def test_encoder_decoder_student_batches_like_single_questions(memorised):
 def test_cli_rejects_a_folder_without_a_checkpoint(tmp_path, capsys, memorised):
     data = tmp_path / "test.json"
     write_paper_layout(data, memorised[2])
-    argv = ["eval", "--model", str(tmp_path), "--data", str(data), "--task", "svamp", "--out", str(tmp_path / "o")]
+    argv = [
+        "eval",
+        "--model",
+        str(tmp_path),
+        "--data",
+        str(data),
+        "--task",
+        "svamp",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main(argv) == 2
     assert "not a checkpoint folder" in capsys.readouterr().err
 

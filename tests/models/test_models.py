@@ -81,7 +81,10 @@ def test_a_sequence_ignores_its_neighbours():
     changed = input_ids.clone()
     changed[:5] = (changed[:5] + 1) % VOCAB  # the first sequence only
     with torch.no_grad():
-        before, after = forward_packed(model, input_ids, cu_seqlens), forward_packed(model, changed, cu_seqlens)
+        before, after = (
+            forward_packed(model, input_ids, cu_seqlens),
+            forward_packed(model, changed, cu_seqlens),
+        )
     assert not torch.allclose(before[:5], after[:5])
     torch.testing.assert_close(before[5:], after[5:], atol=1e-6, rtol=0)
 
@@ -121,7 +124,9 @@ def reference_varlen(q, k, v, cu_q, max_q, scale, left_window):
         mask = torch.ones(n, n, dtype=torch.bool).tril()
         if left_window >= 0:
             mask &= torch.ones(n, n, dtype=torch.bool).triu(-left_window)
-        out[start:end] = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale).transpose(0, 1)
+        out[start:end] = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale).transpose(
+            0, 1
+        )
     assert max_q == int((cu_q[1:] - cu_q[:-1]).max()) and cu_q.dtype == torch.int32
     return out
 
@@ -157,7 +162,9 @@ def test_varlen_backends_pass_the_kernels_what_they_expect(family, backend, kern
     monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_varlen_func=kernel))
     monkeypatch.setattr(torch.nn.attention.varlen, "varlen_attn", kernel)
     torch.manual_seed(0)
-    model = load_student(tiny_config(family), dtype="bfloat16", attn_backend="sdpa", device="cpu").model.eval()
+    model = load_student(
+        tiny_config(family), dtype="bfloat16", attn_backend="sdpa", device="cpu"
+    ).model.eval()
     set_attention_backend(model, backend)  # resolve_backend would refuse a CPU
     input_ids, cu_seqlens = packed_stream(LENGTHS)
     with torch.no_grad():

@@ -39,7 +39,9 @@ def make_inputs(N=37, d=16, V=301, G=4, K=3, *, bias=True, ignored=0.3, ignore_i
 
 def run(fn, inputs, dtype, **kwargs):
     """(loss, ce, kl, d/dhidden, d/dweight, d/dbias) of COEFS . (loss, ce, kl), all float64."""
-    params = {k: inputs[k].to(dtype).requires_grad_() for k in ("hidden", "weight", "bias") if inputs[k] is not None}
+    params = {
+        k: inputs[k].to(dtype).requires_grad_() for k in ("hidden", "weight", "bias") if inputs[k] is not None
+    }
     out = fn(params["hidden"], params["weight"], inputs["labels"], inputs["answer_index"],
              answer_valid=inputs["answer_valid"], bias=params.get("bias"), **kwargs)
     objective = sum(c * o for c, o in zip(COEFS, out))
@@ -49,7 +51,9 @@ def run(fn, inputs, dtype, **kwargs):
 
 def truth(inputs, dtype, **kwargs):
     """The float64 reference on the inputs as rounded to dtype."""
-    rounded = {k: (v.to(dtype).double() if v is not None and v.is_floating_point() else v) for k, v in inputs.items()}
+    rounded = {
+        k: (v.to(dtype).double() if v is not None and v.is_floating_point() else v) for k, v in inputs.items()
+    }
     return run(fused_linear_mcc_reference, rounded, torch.float64, **kwargs)
 
 
@@ -89,14 +93,23 @@ def loss_and_hidden_grad(fn, inputs, dtype, **kwargs):
     """(output, d loss / d hidden) with weight and bias frozen, in float64."""
     hidden = inputs["hidden"].to(dtype).requires_grad_()
     cast = {k: inputs[k].to(dtype) for k in ("weight", "bias")}
-    out = fn(hidden, cast["weight"], inputs["labels"], inputs["answer_index"], answer_valid=inputs["answer_valid"],
-             bias=cast["bias"], **kwargs)
+    out = fn(
+        hidden,
+        cast["weight"],
+        inputs["labels"],
+        inputs["answer_index"],
+        answer_valid=inputs["answer_valid"],
+        bias=cast["bias"],
+        **kwargs,
+    )
     return [o.detach().double() for o in out], torch.autograd.grad(out[0], hidden)[0].double()
 
 
 def test_alpha_zero_loss_is_ce_and_kl_is_still_reported():
     inputs = make_inputs()
-    (loss, ce, kl), grad = loss_and_hidden_grad(fused_linear_mcc_loss, inputs, torch.float64, alpha=0.0, backend="torch")
+    (loss, ce, kl), grad = loss_and_hidden_grad(
+        fused_linear_mcc_loss, inputs, torch.float64, alpha=0.0, backend="torch"
+    )
     assert loss == ce and kl > 0
     _, ref_ce_grad = loss_and_hidden_grad(fused_linear_mcc_reference, inputs, torch.float64, alpha=0.0)
     torch.testing.assert_close(grad, ref_ce_grad, rtol=1e-10, atol=1e-13)
@@ -120,14 +133,20 @@ def test_low_precision_no_worse_than_reference_in_same_dtype(dtype, backend):
     exact = truth(inputs, dtype)
     for name, g, b, e in zip(("loss", "ce", "kl", "hidden", "weight", "bias"), got, baseline, exact):
         ours, reference = (g - e).abs().max().item(), (b - e).abs().max().item()
-        assert ours <= reference + 1e-4 * e.abs().max().item(), f"{name}: error {ours:.3g} vs reference {reference:.3g}"
+        assert ours <= reference + 1e-4 * e.abs().max().item(), (
+            f"{name}: error {ours:.3g} vs reference {reference:.3g}"
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_frozen_weight_and_no_grad(backend):
     inputs = make_inputs()
-    _, grad = loss_and_hidden_grad(fused_linear_mcc_loss, inputs, torch.float32, chunk_size=8, backend=backend)
-    rounded = {k: (v.float().double() if v is not None and v.is_floating_point() else v) for k, v in inputs.items()}
+    _, grad = loss_and_hidden_grad(
+        fused_linear_mcc_loss, inputs, torch.float32, chunk_size=8, backend=backend
+    )
+    rounded = {
+        k: (v.float().double() if v is not None and v.is_floating_point() else v) for k, v in inputs.items()
+    }
     (_, ref_ce, _), ref_grad = loss_and_hidden_grad(fused_linear_mcc_reference, rounded, torch.float64)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
     with torch.no_grad():
@@ -141,7 +160,9 @@ def test_frozen_weight_and_no_grad(backend):
 def test_second_backward_through_same_graph_raises():
     inputs = make_inputs()
     hidden = inputs["hidden"].float().requires_grad_()
-    out = fused_linear_mcc_loss(hidden, inputs["weight"].float(), inputs["labels"], inputs["answer_index"], backend="torch")
+    out = fused_linear_mcc_loss(
+        hidden, inputs["weight"].float(), inputs["labels"], inputs["answer_index"], backend="torch"
+    )
     out.loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="inplace"):
         out.loss.backward()
@@ -190,7 +211,11 @@ def _bad_input_cases():
     yield "answer_index_rank", lambda a: a.update(answer_index=a["answer_index"][0]), "answer_index"
     yield "answer_index_k1", lambda a: a.update(answer_index=a["answer_index"][:, :1]), "answer_index"
     yield "answer_index_dtype", lambda a: a.update(answer_index=a["answer_index"].float()), "answer_index"
-    yield "answer_index_too_large", lambda a: a["answer_index"].__setitem__((0, 1), a["hidden"].shape[0]), "answer_index"
+    yield (
+        "answer_index_too_large",
+        lambda a: a["answer_index"].__setitem__((0, 1), a["hidden"].shape[0]),
+        "answer_index",
+    )
     yield "answer_index_below_minus_one", lambda a: a["answer_index"].__setitem__((0, 1), -2), "answer_index"
     yield "answer_index_k_triton", lambda a: a.update(answer_index=torch.zeros(2, 17, dtype=torch.long),
                                                       answer_valid=None, backend="triton"), "answer_index"
@@ -215,12 +240,20 @@ BAD_INPUTS = list(_bad_input_cases())
 @pytest.mark.parametrize("change, argument", [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS])
 def test_bad_input_raises_value_error_naming_it(change, argument):
     inputs = make_inputs()
-    args = dict(hidden=inputs["hidden"].float(), weight=inputs["weight"].float(), labels=inputs["labels"].clone(),
-                answer_index=inputs["answer_index"].clone(), answer_valid=inputs["answer_valid"],
-                bias=inputs["bias"].float(), backend="torch")
+    args = dict(
+        hidden=inputs["hidden"].float(),
+        weight=inputs["weight"].float(),
+        labels=inputs["labels"].clone(),
+        answer_index=inputs["answer_index"].clone(),
+        answer_valid=inputs["answer_valid"],
+        bias=inputs["bias"].float(),
+        backend="torch",
+    )
     change(args)
     with pytest.raises(ValueError, match=rf"^{argument}\b"):
-        fused_linear_mcc_loss(args.pop("hidden"), args.pop("weight"), args.pop("labels"), args.pop("answer_index"), **args)
+        fused_linear_mcc_loss(
+            args.pop("hidden"), args.pop("weight"), args.pop("labels"), args.pop("answer_index"), **args
+        )
 
 
 MEMORY_SCRIPT = textwrap.dedent("""
@@ -247,7 +280,9 @@ MEMORY_SCRIPT = textwrap.dedent("""
 
 def peak_extra_mib(N):
     """Peak resident memory of one fwd+bwd (d=256, V=32000, fp32) above that before it, in MiB."""
-    result = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(N)], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, str(N)], capture_output=True, text=True, check=True
+    )
     return int(result.stdout.split()[-1]) / 1024
 
 

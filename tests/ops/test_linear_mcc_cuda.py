@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mcckd.ops import fused_linear_mcc_loss, fused_linear_mcc_reference, matmul, pairwise_sym_kl_reference
-from mcckd.ops.launch import is_interpreted
 from mcckd.ops.cross_entropy import _cross_entropy_kernel
+from mcckd.ops.launch import is_interpreted
 from mcckd.ops.linear_mcc import _auto_chunk_size
 from mcckd.ops.matmul import addmm_into
 
@@ -57,7 +57,9 @@ def make_inputs(N, d, V, G, K, *, bias, seed=0, dtype=torch.float64):
 
 def run(fn, inputs, dtype, **kwargs):
     """(loss, ce, kl, grads of COEFS . (loss, ce, kl) to hidden, weight, bias), float64."""
-    params = {k: inputs[k].to(dtype).requires_grad_() for k in ("hidden", "weight", "bias") if inputs[k] is not None}
+    params = {
+        k: inputs[k].to(dtype).requires_grad_() for k in ("hidden", "weight", "bias") if inputs[k] is not None
+    }
     out = fn(params["hidden"], params["weight"], inputs["labels"], inputs["answer_index"],
              answer_valid=inputs["answer_valid"], bias=params.get("bias"), **kwargs)
     grads = torch.autograd.grad(sum(c * o for c, o in zip(COEFS, out)), list(params.values()))
@@ -65,13 +67,17 @@ def run(fn, inputs, dtype, **kwargs):
 
 
 @pytest.mark.parametrize("backend", ("triton", "torch"))
-@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16), ids=("fp32", "bf16", "fp16"))
+@pytest.mark.parametrize(
+    "dtype", (torch.float32, torch.bfloat16, torch.float16), ids=("fp32", "bf16", "fp16")
+)
 def test_matches_reference(dtype, backend):
     """fp32: against float64; bf16/fp16: error no larger than the materialised reference's in
     the same dtype (bf16 logits from cuBLAS) + 1e-4 max|truth|. Chunks of 200 leave a tail."""
     inputs = make_inputs(777, 128, 5003, 8, 4, bias=True)
     got = run(fused_linear_mcc_loss, inputs, dtype, chunk_size=200, backend=backend, alpha=0.3)
-    rounded = {k: (v.to(dtype).double() if v is not None and v.is_floating_point() else v) for k, v in inputs.items()}
+    rounded = {
+        k: (v.to(dtype).double() if v is not None and v.is_floating_point() else v) for k, v in inputs.items()
+    }
     exact = run(fused_linear_mcc_reference, rounded, torch.float64, alpha=0.3)
     if dtype == torch.float32:
         for g, e in zip(got, exact):
@@ -80,7 +86,9 @@ def test_matches_reference(dtype, backend):
     baseline = run(fused_linear_mcc_reference, inputs, dtype, alpha=0.3)
     for name, g, b, e in zip(("loss", "ce", "kl", "hidden", "weight", "bias"), got, baseline, exact):
         ours, reference = (g - e).abs().max().item(), (b - e).abs().max().item()
-        assert ours <= reference + 1e-4 * e.abs().max().item(), f"{name}: error {ours:.3g} vs reference {reference:.3g}"
+        assert ours <= reference + 1e-4 * e.abs().max().item(), (
+            f"{name}: error {ours:.3g} vs reference {reference:.3g}"
+        )
 
 
 def float64_truth(hidden, weight, labels, answer_index, answer_valid, alpha, chunk=1024):

@@ -69,9 +69,12 @@ def grad_output_for(reduction, G, seed):
 def check_against_definition(logits, valid, temperature, reduction, backend, tol):
     grad_output = grad_output_for(reduction, logits.shape[0], 0)
     kwargs = dict(temperature=temperature, reduction=reduction)
-    loss, grad = loss_and_grad(lambda x: pairwise_sym_kl(x, valid, backend=backend, **kwargs), logits, grad_output)
-    want_loss, want_grad = loss_and_grad(lambda x: definition(x, valid, temperature, reduction), logits.double(),
-                                         grad_output.double())
+    loss, grad = loss_and_grad(
+        lambda x: pairwise_sym_kl(x, valid, backend=backend, **kwargs), logits, grad_output
+    )
+    want_loss, want_grad = loss_and_grad(
+        lambda x: definition(x, valid, temperature, reduction), logits.double(), grad_output.double()
+    )
     assert loss.dtype == torch.float32
     assert grad.dtype == logits.dtype
     assert relative_error(loss, want_loss) < tol
@@ -99,7 +102,9 @@ def test_half_precision_no_worse_than_reference(K, V, dtype, backend):
     """Error against float64 of the same rounded inputs: at most the reference's + 1e-2."""
     logits, valid = random_case(4, K, V, seed=K, dtype=dtype)
     grad_output = torch.tensor(1.9)
-    want_loss, want_grad = loss_and_grad(lambda x: definition(x, valid, 1.0, "mean"), logits.double(), grad_output.double())
+    want_loss, want_grad = loss_and_grad(
+        lambda x: definition(x, valid, 1.0, "mean"), logits.double(), grad_output.double()
+    )
     loss, grad = loss_and_grad(lambda x: pairwise_sym_kl(x, valid, backend=backend), logits, grad_output)
     ref_loss, ref_grad = loss_and_grad(lambda x: pairwise_sym_kl_reference(x, valid), logits, grad_output)
     assert grad.dtype == dtype
@@ -147,7 +152,9 @@ def test_shared_minus_inf_columns_contribute_nothing(backend):
     kept = torch.cat([logits[:, :, :100], logits[:, :, 140:]], dim=-1)
     grad_output = torch.tensor(0.7)
     loss, grad = loss_and_grad(lambda x: pairwise_sym_kl(x, valid, backend=backend), padded, grad_output)
-    want, want_grad = loss_and_grad(lambda x: definition(x, valid, 1.0, "mean"), kept.double(), grad_output.double())
+    want, want_grad = loss_and_grad(
+        lambda x: definition(x, valid, 1.0, "mean"), kept.double(), grad_output.double()
+    )
     assert torch.isfinite(loss)
     assert relative_error(loss, want) < 1e-4
     assert torch.equal(grad[:, :, 100:140], torch.zeros_like(grad[:, :, 100:140]))
@@ -158,7 +165,9 @@ def test_shared_minus_inf_columns_contribute_nothing(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_groups_with_fewer_than_two_valid_rows(backend):
     logits, _ = random_case(4, 3, 257, seed=2)
-    valid = torch.tensor([[True, True, True], [True, False, False], [False, False, False], [False, True, True]])
+    valid = torch.tensor(
+        [[True, True, True], [True, False, False], [False, False, False], [False, True, True]]
+    )
     logits[~valid] = math.nan  # invalid rows are never read
     per_group = pairwise_sym_kl(logits, valid, reduction="none", backend=backend)
     assert per_group[1] == 0 and per_group[2] == 0
@@ -174,7 +183,9 @@ def test_groups_with_fewer_than_two_valid_rows(backend):
 def test_no_group_with_pairs_gives_zero(backend):
     logits, _ = random_case(2, 3, 50, seed=4)
     valid = torch.tensor([[True, False, False], [False, False, False]])
-    loss, grad = loss_and_grad(lambda x: pairwise_sym_kl(x, valid, backend=backend), logits, torch.tensor(1.0))
+    loss, grad = loss_and_grad(
+        lambda x: pairwise_sym_kl(x, valid, backend=backend), logits, torch.tensor(1.0)
+    )
     assert loss.item() == 0.0
     assert torch.equal(grad, torch.zeros_like(grad))
 
@@ -195,7 +206,9 @@ def test_public_names_and_module():
     logits, valid = random_case(3, 4, 100, seed=9)
     module = PairwiseSymKL(temperature=2.0, reduction="sum", backend="torch")
     assert mcckd.pairwise_sym_kl is pairwise_sym_kl and mcckd.PairwiseSymKL is PairwiseSymKL
-    assert torch.allclose(module(logits, valid), pairwise_sym_kl(logits, valid, temperature=2.0, reduction="sum"))
+    assert torch.allclose(
+        module(logits, valid), pairwise_sym_kl(logits, valid, temperature=2.0, reduction="sum")
+    )
     assert "temperature=2.0" in repr(module)
 
 
@@ -216,7 +229,10 @@ BAD_INPUTS = [
     (dict(temperature="1"), "temperature must be a real number"),
     (dict(reduction="avg"), "reduction must be one of"),
     (dict(backend="cuda"), "backend must be one of"),
-    (dict(logits=torch.randn(2, 3, 4, dtype=torch.float64), backend="triton"), "float64: use backend='torch'"),
+    (
+        dict(logits=torch.randn(2, 3, 4, dtype=torch.float64), backend="triton"),
+        "float64: use backend='torch'",
+    ),
     (dict(logits=torch.randn(2, 17, 4), backend="triton"), "K <= 16"),
 ]
 
@@ -243,5 +259,7 @@ def test_per_group_losses_summed_by_the_caller():
     logits, valid = random_case(5, 4, 300, seed=13)
     _, grad = loss_and_grad(lambda x: pairwise_sym_kl(x, valid, reduction="none", backend="triton").sum(),
                             logits, torch.tensor(2.0))
-    _, want = loss_and_grad(lambda x: definition(x, valid, 1.0, "sum"), logits.double(), torch.tensor(2.0).double())
+    _, want = loss_and_grad(
+        lambda x: definition(x, valid, 1.0, "sum"), logits.double(), torch.tensor(2.0).double()
+    )
     assert relative_error(grad, want) < 1e-4

@@ -35,12 +35,16 @@ def random_case(G, K, V, dtype, seed=0):
 def test_matches_float64_reference(G, K, V, dtype):
     logits, valid = random_case(G, K, V, dtype)
     grad_output = torch.tensor(0.83, device="cuda")
-    want, want_grad = loss_and_grad(lambda x: pairwise_sym_kl_reference(x, valid), logits.double(), grad_output.double())
+    want, want_grad = loss_and_grad(
+        lambda x: pairwise_sym_kl_reference(x, valid), logits.double(), grad_output.double()
+    )
     loss, grad = loss_and_grad(lambda x: pairwise_sym_kl(x, valid), logits, grad_output)
     ref, ref_grad = loss_and_grad(lambda x: pairwise_sym_kl_reference(x, valid), logits, grad_output)
     assert grad.dtype == dtype
     assert relative_error(loss, want) < 1e-4
-    assert relative_error(grad, want_grad) <= relative_error(ref_grad, want_grad) + (1e-4 if dtype == torch.float32 else 1e-2)
+    assert relative_error(grad, want_grad) <= relative_error(ref_grad, want_grad) + (
+        1e-4 if dtype == torch.float32 else 1e-2
+    )
 
 
 @pytest.mark.parametrize("K", (2, 3, 4, 5, 8, 16))
@@ -51,9 +55,12 @@ def test_every_kernel_configuration_compiles_and_agrees(K, dtype, masked, num_sp
     logits, valid = random_case(6, K, 4099, dtype, seed=K)
     valid = valid if masked else None
     grad_output = torch.rand(6, device="cuda")
-    got, grad = loss_and_grad(lambda x: PairwiseSymKLFunction.apply(x, valid, 1.5, "none", num_splits), logits, grad_output)
-    want, want_grad = loss_and_grad(lambda x: pairwise_sym_kl_reference(x, valid, 1.5, "none"), logits.double(),
-                                    grad_output.double())
+    got, grad = loss_and_grad(
+        lambda x: PairwiseSymKLFunction.apply(x, valid, 1.5, "none", num_splits), logits, grad_output
+    )
+    want, want_grad = loss_and_grad(
+        lambda x: pairwise_sym_kl_reference(x, valid, 1.5, "none"), logits.double(), grad_output.double()
+    )
     assert relative_error(got, want) < 1e-4
     assert relative_error(grad, want_grad) < (1e-4 if dtype == torch.float32 else 1e-2)
 
@@ -67,7 +74,9 @@ def test_int64_offsets_past_two_to_the_31():
     grad_output[-2:] = torch.tensor([0.5, -1.25], device="cuda")
     loss, grad = loss_and_grad(lambda x: pairwise_sym_kl(x, reduction="none"), logits, grad_output)
     tail = logits[-2:].double()
-    want, want_grad = loss_and_grad(lambda x: pairwise_sym_kl_reference(x, reduction="none"), tail, grad_output[-2:].double())
+    want, want_grad = loss_and_grad(
+        lambda x: pairwise_sym_kl_reference(x, reduction="none"), tail, grad_output[-2:].double()
+    )
     assert relative_error(loss[-2:], want) < 1e-4
     assert relative_error(grad[-2:], want_grad) < 1e-2
     assert torch.count_nonzero(grad[:-2]) == 0

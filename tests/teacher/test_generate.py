@@ -8,8 +8,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -18,8 +18,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mcckd.cli import main
-from mcckd.errors import InputError
 from mcckd.data.resumable import finished_ids
+from mcckd.errors import InputError
 from mcckd.models.word_tokenizer import train_word_tokenizer
 from mcckd.teacher.client import (
     ChatCompletionsClient,
@@ -99,8 +99,16 @@ class TeacherHandler(BaseHTTPRequestHandler):
         with server.lock:
             planned = server.failures.get(item, [])
             action = planned.pop(0) if planned else 200
-            server.log.append({"item": item, "phase": server.phase, "status": action, "time": time.monotonic(),
-                               "authorization": self.headers.get("Authorization"), "prompt": prompt})
+            server.log.append(
+                {
+                    "item": item,
+                    "phase": server.phase,
+                    "status": action,
+                    "time": time.monotonic(),
+                    "authorization": self.headers.get("Authorization"),
+                    "prompt": prompt,
+                }
+            )
             server.in_flight += 1
             server.most_in_flight = max(server.most_in_flight, server.in_flight)
         try:
@@ -222,7 +230,9 @@ def test_killed_run_resumes_without_repeats_or_torn_lines(teacher, tmp_path, mon
         assert teacher.statuses(i, phase=2) == [500, (429, 0), 200, 200]
     for record in records:
         i = int(record["id"].split("-")[1])
-        assert record["question"] == question(i) and record["answer"] == str(2 * i) and record["task"] == "svamp"
+        assert (
+            record["question"] == question(i) and record["answer"] == str(2 * i) and record["task"] == "svamp"
+        )
         assert len(record["rationales"]) == 3 == len(set(record["rationales"]))
         assert all(text.endswith(f"Therefore, the answer is {2 * i}.") for text in record["rationales"])
     assert {entry["authorization"] for entry in teacher.log} == {f"Bearer {SECRET}"}
@@ -295,7 +305,10 @@ def test_prompt_file_is_filled_in(teacher, tmp_path, capsys):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text('Solve {"strictly": true}: {question}\nEnd with the answer, {answer_kind}.')
     assert main(generate_argv(source, out, teacher.url, "--prompt", str(prompt))) == 0
-    assert teacher.log[0]["prompt"] == f'Solve {{"strictly": true}}: {question(0)}\nEnd with the answer, a number.'
+    assert (
+        teacher.log[0]["prompt"]
+        == f'Solve {{"strictly": true}}: {question(0)}\nEnd with the answer, a number.'
+    )
     prompt.write_text("no placeholder here")
     assert main(generate_argv(source, tmp_path / "other.jsonl", teacher.url, "--prompt", str(prompt))) == 2
     assert "{question}" in capsys.readouterr().err

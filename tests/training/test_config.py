@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 
 from mcckd import cli
-from mcckd.training.config import LoraConfig, load_config
 from mcckd.errors import InputError
+from mcckd.training.config import LoraConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,31 +51,40 @@ def test_overrides_are_read_as_yaml_and_typed(tmp_path):
 
 
 def test_model_config_is_a_free_mapping(tmp_path):
-    config = load_config(write(tmp_path, "model: {config: {model_type: llama, hidden_size: 32}}\ndata: {train: x}"),
-                         ["model.config.num_hidden_layers=2"])
+    config = load_config(
+        write(tmp_path, "model: {config: {model_type: llama, hidden_size: 32}}\ndata: {train: x}"),
+        ["model.config.num_hidden_layers=2"],
+    )
     assert config.model.config == {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2}
 
 
-@pytest.mark.parametrize("text, overrides, message", [
-    (MINIMAL + "trian:\n  lr: 1\n", [], "unknown config key 'trian' (did you mean 'train'?)"),
-    (MINIMAL, ["train.learning_rate=1"], "unknown config key 'train.learning_rate'"),
-    (MINIMAL, ["model.lora.rank=4"], "unknown config key 'model.lora.rank'"),
-    (MINIMAL, ["train.lr=fast"], "config key 'train.lr' must be a number, got 'fast'"),
-    (MINIMAL, ["train.grad_accum=1.5"], "config key 'train.grad_accum' must be an integer"),
-    (MINIMAL, ["train.tensorboard=yes please"], "config key 'train.tensorboard' must be true or false"),
-    (MINIMAL, ["train.betas=0.9"], "config key 'train.betas' must be a list"),
-    (MINIMAL, ["train.precision=fp8"], "config key 'train.precision' must be auto, bf16 or fp32"),
-    (MINIMAL, ["model.attn_backend=flash"], "config key 'model.attn_backend' must be one of"),
-    (MINIMAL, ["data.num_rationales=1"], "config key 'data.num_rationales' must be at least 2"),
-    (MINIMAL, ["data.max_tokens=1000"], "at least data.num_rationales x data.max_length = 2048"),
-    (MINIMAL, ["model.config={model_type: llama}"], "config key 'model.name_or_path' or model.config must be set"),
-    (MINIMAL, ["model.name_or_path=null", "model.config={hidden_size: 8}"], "needs a 'model_type'"),
-    ("model: {name_or_path: x}\n", [], "config key 'data.train' must name the training records"),
-    (MINIMAL, ["eval.every=10"], "config key 'eval.data' must be set when eval.every > 0"),
-    (MINIMAL, ["train.lr"], "--set expects KEY=VALUE"),
-    ("- a\n- b\n", [], "the config must be a mapping of sections"),
-    ("model: [1, 2]\n", [], "model: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        (MINIMAL + "trian:\n  lr: 1\n", [], "unknown config key 'trian' (did you mean 'train'?)"),
+        (MINIMAL, ["train.learning_rate=1"], "unknown config key 'train.learning_rate'"),
+        (MINIMAL, ["model.lora.rank=4"], "unknown config key 'model.lora.rank'"),
+        (MINIMAL, ["train.lr=fast"], "config key 'train.lr' must be a number, got 'fast'"),
+        (MINIMAL, ["train.grad_accum=1.5"], "config key 'train.grad_accum' must be an integer"),
+        (MINIMAL, ["train.tensorboard=yes please"], "config key 'train.tensorboard' must be true or false"),
+        (MINIMAL, ["train.betas=0.9"], "config key 'train.betas' must be a list"),
+        (MINIMAL, ["train.precision=fp8"], "config key 'train.precision' must be auto, bf16 or fp32"),
+        (MINIMAL, ["model.attn_backend=flash"], "config key 'model.attn_backend' must be one of"),
+        (MINIMAL, ["data.num_rationales=1"], "config key 'data.num_rationales' must be at least 2"),
+        (MINIMAL, ["data.max_tokens=1000"], "at least data.num_rationales x data.max_length = 2048"),
+        (
+            MINIMAL,
+            ["model.config={model_type: llama}"],
+            "config key 'model.name_or_path' or model.config must be set",
+        ),
+        (MINIMAL, ["model.name_or_path=null", "model.config={hidden_size: 8}"], "needs a 'model_type'"),
+        ("model: {name_or_path: x}\n", [], "config key 'data.train' must name the training records"),
+        (MINIMAL, ["eval.every=10"], "config key 'eval.data' must be set when eval.every > 0"),
+        (MINIMAL, ["train.lr"], "--set expects KEY=VALUE"),
+        ("- a\n- b\n", [], "the config must be a mapping of sections"),
+        ("model: [1, 2]\n", [], "model: expected a mapping"),
+    ],
+)
 def test_errors_name_the_key(tmp_path, text, overrides, message):
     with pytest.raises(InputError) as error:
         load_config(write(tmp_path, text), overrides)

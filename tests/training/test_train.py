@@ -116,8 +116,21 @@ def test_the_loss_falls_and_the_run_writes_its_files(records_path, tmp_path):
 def test_alpha_zero_is_plain_cross_entropy(records_path, tmp_path):
     """alpha = 0 trains exactly as token-mean CE over each sequence run on its own."""
     out = tmp_path / "run"
-    config = load_config(config_of(settings(records_path, out, alpha=0.0, max_steps=3, grad_accum=2, min_lr_ratio=1.0,
-                                            max_grad_norm=None, lr=1e-3), tmp_path))
+    config = load_config(
+        config_of(
+            settings(
+                records_path,
+                out,
+                alpha=0.0,
+                max_steps=3,
+                grad_accum=2,
+                min_lr_ratio=1.0,
+                max_grad_norm=None,
+                lr=1e-3,
+            ),
+            tmp_path,
+        )
+    )
     trained = weights(train(config)["checkpoint"])
 
     student = load_student(str(checkpoint_path(out, 3)), device="cpu")  # for its tokenizer and config
@@ -128,8 +141,12 @@ def test_alpha_zero_is_plain_cross_entropy(records_path, tmp_path):
     micro_batches = MicroBatches(config, list(synthetic_records()), student.tokenizer)
     for step in range(3):
         for batch in micro_batches.for_step(step):
-            logits = torch.cat([model(input_ids=batch.input_ids[start:end][None]).logits[0]
-                                for start, end in zip(batch.cu_seqlens[:-1].tolist(), batch.cu_seqlens[1:].tolist())])
+            logits = torch.cat(
+                [
+                    model(input_ids=batch.input_ids[start:end][None]).logits[0]
+                    for start, end in zip(batch.cu_seqlens[:-1].tolist(), batch.cu_seqlens[1:].tolist())
+                ]
+            )
             (F.cross_entropy(logits, batch.labels, ignore_index=-100) / 2).backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -211,7 +228,9 @@ def test_a_t5_student_trains(records_path, tmp_path):
 
 
 def test_lora_checkpoints_hold_adapters_and_resume_exactly(records_path, tmp_path):
-    tree = settings(records_path, tmp_path / "whole", max_steps=4, save_every=2, keep_last=0, min_lr_ratio=0.5)
+    tree = settings(
+        records_path, tmp_path / "whole", max_steps=4, save_every=2, keep_last=0, min_lr_ratio=0.5
+    )
     tree["model"]["lora"] = {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}
     config_path = config_of(tree, tmp_path)
     whole = train(load_config(config_path))["checkpoint"]
