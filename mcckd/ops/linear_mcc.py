@@ -300,15 +300,9 @@ class MCCKDLoss(torch.nn.Module):
         self.alpha, self.temperature, self.ignore_index = alpha, temperature, ignore_index
         self.chunk_size, self.backend = chunk_size, backend
 
-    def forward(
-        self,
-        hidden: torch.Tensor,
-        weight: torch.Tensor,
-        labels: torch.Tensor,
-        answer_index: torch.Tensor,
-        answer_valid: torch.Tensor | None = None,
-        bias: torch.Tensor | None = None,
-    ) -> LinearMCCOutput:
+    def forward(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                answer_index: torch.Tensor, answer_valid: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> LinearMCCOutput:
         if not isinstance(hidden, torch.Tensor) or hidden.dim() < 2:
             raise ValueError(
                 f"hidden must be a tensor [..., d], got {getattr(hidden, 'shape', type(hidden).__name__)}"

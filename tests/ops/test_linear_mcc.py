@@ -6,13 +6,13 @@ import textwrap
 
 import pytest
 import torch
+from helpers import rounded_to
+from helpers import run_fused as run
 
 from mcckd.ops import MCCKDLoss, fused_linear_mcc_loss, fused_linear_mcc_reference
 from mcckd.ops.linear_mcc import _auto_chunk_size
 
 BACKENDS = ("torch", "triton")
-# d(objective) = 1.5 dloss + 0.25 dce + 0.75 dkl: gradient outputs that are not 1, on every output.
-COEFS = (1.5, 0.25, 0.75)
 
 
 def make_inputs(N=37, d=16, V=301, G=4, K=3, *, bias=True, ignored=0.3, ignore_index=-100, seed=0):
@@ -37,24 +37,9 @@ def make_inputs(N=37, d=16, V=301, G=4, K=3, *, bias=True, ignored=0.3, ignore_i
     )
 
 
-def run(fn, inputs, dtype, **kwargs):
-    """(loss, ce, kl, d/dhidden, d/dweight, d/dbias) of COEFS . (loss, ce, kl), all float64."""
-    params = {
-        k: inputs[k].to(dtype).requires_grad_() for k in ("hidden", "weight", "bias") if inputs[k] is not None
-    }
-    out = fn(params["hidden"], params["weight"], inputs["labels"], inputs["answer_index"],
-             answer_valid=inputs["answer_valid"], bias=params.get("bias"), **kwargs)
-    objective = sum(c * o for c, o in zip(COEFS, out))
-    grads = torch.autograd.grad(objective, list(params.values()))
-    return [o.detach().double() for o in out] + [g.double() for g in grads]
-
-
 def truth(inputs, dtype, **kwargs):
     """The float64 reference on the inputs as rounded to dtype."""
-    rounded = {
-        k: (v.to(dtype).double() if v is not None and v.is_floating_point() else v) for k, v in inputs.items()
-    }
-    return run(fused_linear_mcc_reference, rounded, torch.float64, **kwargs)
+    return run(fused_linear_mcc_reference, rounded_to(inputs, dtype), torch.float64, **kwargs)
 
 
 SCENARIOS = {
@@ -144,9 +129,7 @@ def test_frozen_weight_and_no_grad(backend):
     _, grad = loss_and_hidden_grad(
         fused_linear_mcc_loss, inputs, torch.float32, chunk_size=8, backend=backend
     )
-    rounded = {
-        k: (v.float().double() if v is not None and v.is_floating_point() else v) for k, v in inputs.items()
-    }
+    rounded = rounded_to(inputs, torch.float32)
     (_, ref_ce, _), ref_grad = loss_and_hidden_grad(fused_linear_mcc_reference, rounded, torch.float64)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
     with torch.no_grad():
@@ -183,16 +166,24 @@ def test_module_flattens_leading_dimensions():
         MCCKDLoss(alpha=-0.1)
 
 
-def test_auto_chunk_size_fills_budget_but_keeps_gemms_large():
-    cuda = torch.device("cuda")
-    # bf16, V = 128256: 6 bytes a logit; 1 GiB holds 1395 rows -> 12 equal chunks.
-    chunk = _auto_chunk_size(16384, 128256, torch.bfloat16, cuda)
-    assert chunk == 1366 and chunk * 128256 * 6 <= 1 << 30
-    # A vocabulary so large that the budget holds few rows: the 1024-row floor wins.
-    assert _auto_chunk_size(16384, 1 << 20, torch.bfloat16, cuda) == 1024
-    assert _auto_chunk_size(300, 128256, torch.bfloat16, cuda) == 300
-    # CPU: float32 logits, gradient in place, 64 MiB.
-    assert _auto_chunk_size(4096, 32000, torch.float32, torch.device("cpu")) == 512
+@pytest.mark.parametrize("N, V, dtype, device", [
+    (16384, 128256, torch.bfloat16, "cuda"), (16384, 1 << 20, torch.bfloat16, "cuda"),
+    (300, 128256, torch.bfloat16, "cuda"), (4096, 32000, torch.float32, "cpu"),
+    (5, 32000, torch.float32, "cpu"),
+])
+def test_auto_chunk_size_fills_budget_but_keeps_gemms_large(N, V, dtype, device):
+    """Equal chunks that cover N, each within the memory budget of its float32 tile and gradient,
+    and no smaller than the floor that keeps the GEMMs efficient (unless N itself is)."""
+    from mcckd.ops import linear_mcc
+
+    chunk = _auto_chunk_size(N, V, dtype, torch.device(device))
+    chunks = -(-N // chunk)
+    assert (chunk - 1) * chunks < N <= chunk * chunks  # equal chunks: none trails far behind
+    budget, floor = ((linear_mcc._CUDA_CHUNK_BUDGET, linear_mcc._CUDA_MIN_CHUNK) if device == "cuda"
+                     else (linear_mcc._CPU_CHUNK_BUDGET, linear_mcc._CPU_MIN_CHUNK))
+    row_bytes = V * (4 + (dtype.itemsize if dtype != torch.float32 else 0))
+    assert chunk >= min(N, floor)
+    assert chunk * row_bytes <= budget or chunk <= floor
 
 
 def _bad_input_cases():

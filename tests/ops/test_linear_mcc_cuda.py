@@ -6,6 +6,8 @@ d=4096, V=128256 in bf16 against a float64 ground truth computed in chunks.
 """
 import pytest
 import torch
+from helpers import rounded_to
+from helpers import run_fused as run
 
 from mcckd.ops import fused_linear_mcc_loss, fused_linear_mcc_reference, matmul, pairwise_sym_kl_reference
 from mcckd.ops.cross_entropy import _cross_entropy_kernel
@@ -15,7 +17,6 @@ from mcckd.ops.matmul import addmm_into
 
 pytestmark = pytest.mark.cuda
 DEVICE = torch.device("cuda")
-COEFS = (1.5, 0.25, 0.75)
 
 
 def test_compiled_kernels_and_float32_output_gemms():
@@ -55,17 +56,6 @@ def make_inputs(N, d, V, G, K, *, bias, seed=0, dtype=torch.float64):
     )
 
 
-def run(fn, inputs, dtype, **kwargs):
-    """(loss, ce, kl, grads of COEFS . (loss, ce, kl) to hidden, weight, bias), float64."""
-    params = {
-        k: inputs[k].to(dtype).requires_grad_() for k in ("hidden", "weight", "bias") if inputs[k] is not None
-    }
-    out = fn(params["hidden"], params["weight"], inputs["labels"], inputs["answer_index"],
-             answer_valid=inputs["answer_valid"], bias=params.get("bias"), **kwargs)
-    grads = torch.autograd.grad(sum(c * o for c, o in zip(COEFS, out)), list(params.values()))
-    return [o.detach().double() for o in out] + [g.double() for g in grads]
-
-
 @pytest.mark.parametrize("backend", ("triton", "torch"))
 @pytest.mark.parametrize(
     "dtype", (torch.float32, torch.bfloat16, torch.float16), ids=("fp32", "bf16", "fp16")
@@ -75,9 +65,7 @@ def test_matches_reference(dtype, backend):
     the same dtype (bf16 logits from cuBLAS) + 1e-4 max|truth|. Chunks of 200 leave a tail."""
     inputs = make_inputs(777, 128, 5003, 8, 4, bias=True)
     got = run(fused_linear_mcc_loss, inputs, dtype, chunk_size=200, backend=backend, alpha=0.3)
-    rounded = {
-        k: (v.to(dtype).double() if v is not None and v.is_floating_point() else v) for k, v in inputs.items()
-    }
+    rounded = rounded_to(inputs, dtype)
     exact = run(fused_linear_mcc_reference, rounded, torch.float64, alpha=0.3)
     if dtype == torch.float32:
         for g, e in zip(got, exact):

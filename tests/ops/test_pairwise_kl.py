@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers import loss_and_grad, pairwise_definition, random_logits, relative_error
 
 import mcckd
 from mcckd.ops import PairwiseSymKL, pairwise_sym_kl, pairwise_sym_kl_reference
@@ -13,50 +14,8 @@ from mcckd.ops.pairwise_kl_triton import PairwiseSymKLFunction
 BACKENDS = ("triton", "torch")
 
 
-def definition(logits, valid, temperature, reduction):
-    """The loss literally: mean over valid pairs of (KL(p_i||p_j) + KL(p_j||p_i)) / 2, float64."""
-    y = logits.double() / temperature
-    G, K, _ = y.shape
-    group_losses, has_pairs = [], []
-    for g in range(G):
-        rows = [k for k in range(K) if valid is None or bool(valid[g, k])]
-        logp = torch.log_softmax(y[g], dim=-1)
-        terms = []
-        for i, j in itertools.combinations(rows, 2):
-            kl_ij = torch.where(logp[i] > -math.inf, logp[i].exp() * (logp[i] - logp[j]), 0).sum()
-            kl_ji = torch.where(logp[j] > -math.inf, logp[j].exp() * (logp[j] - logp[i]), 0).sum()
-            terms.append((kl_ij + kl_ji) / 2)
-        group_losses.append(torch.stack(terms).mean() if terms else y.new_zeros(()))
-        has_pairs.append(bool(terms))
-    group_losses = torch.stack(group_losses)
-    if reduction == "none":
-        return group_losses
-    if reduction == "sum":
-        return group_losses.sum()
-    return group_losses.sum() / max(sum(has_pairs), 1)
-
-
-def loss_and_grad(fn, logits, grad_output):
-    """fn(logits) and d(sum(fn * grad_output))/d logits, on a fresh leaf."""
-    leaf = logits.detach().clone().requires_grad_()
-    loss = fn(leaf)
-    (grad,) = torch.autograd.grad(loss, leaf, grad_output)
-    return loss.detach(), grad
-
-
-def relative_error(actual, expected):
-    """max |actual - expected| / max |expected| (absolute when expected is all zero)."""
-    scale = expected.abs().max().item()
-    return (actual.double() - expected).abs().max().item() / (scale if scale > 0 else 1.0)
-
-
 def random_case(G, K, V, seed, masked=True, dtype=torch.float32, scale=3.0):
-    generator = torch.Generator().manual_seed(seed)
-    logits = (scale * torch.randn(G, K, V, generator=generator)).to(dtype)
-    valid = torch.rand(G, K, generator=generator) > 0.3 if masked else None
-    if masked:
-        valid[0] = True  # at least one full group
-    return logits, valid
+    return random_logits(G, K, V, seed, masked=masked, dtype=dtype, scale=scale)
 
 
 def grad_output_for(reduction, G, seed):
@@ -73,7 +32,7 @@ def check_against_definition(logits, valid, temperature, reduction, backend, tol
         lambda x: pairwise_sym_kl(x, valid, backend=backend, **kwargs), logits, grad_output
     )
     want_loss, want_grad = loss_and_grad(
-        lambda x: definition(x, valid, temperature, reduction), logits.double(), grad_output.double()
+        lambda x: pairwise_definition(x, valid, temperature, reduction), logits.double(), grad_output.double()
     )
     assert loss.dtype == torch.float32
     assert grad.dtype == logits.dtype
@@ -103,7 +62,7 @@ def test_half_precision_no_worse_than_reference(K, V, dtype, backend):
     logits, valid = random_case(4, K, V, seed=K, dtype=dtype)
     grad_output = torch.tensor(1.9)
     want_loss, want_grad = loss_and_grad(
-        lambda x: definition(x, valid, 1.0, "mean"), logits.double(), grad_output.double()
+        lambda x: pairwise_definition(x, valid, 1.0, "mean"), logits.double(), grad_output.double()
     )
     loss, grad = loss_and_grad(lambda x: pairwise_sym_kl(x, valid, backend=backend), logits, grad_output)
     ref_loss, ref_grad = loss_and_grad(lambda x: pairwise_sym_kl_reference(x, valid), logits, grad_output)
@@ -115,7 +74,7 @@ def test_half_precision_no_worse_than_reference(K, V, dtype, backend):
 @pytest.mark.parametrize("num_splits", (2, 3, 7))
 def test_vocabulary_split_matches_unsplit(num_splits):
     logits, valid = random_case(3, 5, 4099, seed=11)
-    want = definition(logits, valid, 1.3, "none")
+    want = pairwise_definition(logits, valid, 1.3, "none")
     got = PairwiseSymKLFunction.apply(logits, valid, 1.3, "none", num_splits)
     assert relative_error(got, want) < 1e-4
 
@@ -129,7 +88,7 @@ def test_near_identical_distributions(perturbation, backend):
     base = 8.0 * torch.randn(4, 1, 4099, generator=generator)
     shift = 30.0 * torch.randn(4, 4, 1, generator=generator)
     logits = base + shift + perturbation * torch.randn(4, 4, 4099, generator=generator)
-    want = definition(logits, None, 1.0, "none")
+    want = pairwise_definition(logits, None, 1.0, "none")
     got = pairwise_sym_kl(logits, backend=backend, reduction="none")
     assert want.min() > 0
     assert relative_error(got, want) < 1e-3
@@ -153,7 +112,7 @@ def test_shared_minus_inf_columns_contribute_nothing(backend):
     grad_output = torch.tensor(0.7)
     loss, grad = loss_and_grad(lambda x: pairwise_sym_kl(x, valid, backend=backend), padded, grad_output)
     want, want_grad = loss_and_grad(
-        lambda x: definition(x, valid, 1.0, "mean"), kept.double(), grad_output.double()
+        lambda x: pairwise_definition(x, valid, 1.0, "mean"), kept.double(), grad_output.double()
     )
     assert torch.isfinite(loss)
     assert relative_error(loss, want) < 1e-4
@@ -260,6 +219,6 @@ def test_per_group_losses_summed_by_the_caller():
     _, grad = loss_and_grad(lambda x: pairwise_sym_kl(x, valid, reduction="none", backend="triton").sum(),
                             logits, torch.tensor(2.0))
     _, want = loss_and_grad(
-        lambda x: definition(x, valid, 1.0, "sum"), logits.double(), torch.tensor(2.0).double()
+        lambda x: pairwise_definition(x, valid, 1.0, "sum"), logits.double(), torch.tensor(2.0).double()
     )
     assert relative_error(grad, want) < 1e-4

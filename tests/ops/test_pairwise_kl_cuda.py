@@ -1,6 +1,7 @@
 """pairwise_sym_kl on a CUDA GPU at real shapes (run by bench/gpu_check.sh: `pytest -m cuda`)."""
 import pytest
 import torch
+from helpers import loss_and_grad, random_logits, relative_error
 
 from mcckd.ops import pairwise_sym_kl, pairwise_sym_kl_reference
 from mcckd.ops.pairwise_kl_triton import PairwiseSymKLFunction
@@ -8,22 +9,8 @@ from mcckd.ops.pairwise_kl_triton import PairwiseSymKLFunction
 pytestmark = pytest.mark.cuda
 
 
-def relative_error(actual, expected):
-    return ((actual.double() - expected).abs().max() / expected.abs().max()).item()
-
-
-def loss_and_grad(fn, logits, grad_output):
-    leaf = logits.detach().clone().requires_grad_()
-    loss = fn(leaf)
-    (grad,) = torch.autograd.grad(loss, leaf, grad_output)
-    return loss.detach(), grad
-
-
 def random_case(G, K, V, dtype, seed=0):
-    generator = torch.Generator(device="cuda").manual_seed(seed)
-    logits = (3.0 * torch.randn(G, K, V, device="cuda", generator=generator)).to(dtype)
-    valid = torch.rand(G, K, device="cuda", generator=generator) > 0.2
-    return logits, valid
+    return random_logits(G, K, V, seed, dtype=dtype, device="cuda")
 
 
 @pytest.mark.parametrize("G, K, V, dtype", [

@@ -1,11 +1,12 @@
 """The training config: YAML onto dataclasses, overrides, and errors that name the key."""
+import re
 from pathlib import Path
 
 import pytest
 
 from mcckd import cli
 from mcckd.errors import InputError
-from mcckd.training.config import LoraConfig, load_config
+from mcckd.training.config import Config, LoraConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,13 +26,12 @@ data:
 
 
 def test_defaults_fill_what_the_file_leaves_out(tmp_path):
+    """Every key the file leaves out holds the dataclass default; the two it sets are read."""
     config = load_config(write(tmp_path, MINIMAL))
-    assert config.model.name_or_path == "some/student"
-    assert config.model.lora is None
-    assert config.data.num_rationales == 4
-    assert config.train.alpha == 0.1
-    assert config.train.betas == [0.9, 0.999]
-    assert config.eval.every == 0
+    defaults = Config()
+    assert (config.model.name_or_path, config.data.train) == ("some/student", "train.jsonl")
+    config.model.name_or_path, config.data.train = defaults.model.name_or_path, defaults.data.train
+    assert config == defaults
 
 
 def test_overrides_are_read_as_yaml_and_typed(tmp_path):
@@ -101,15 +101,14 @@ def test_missing_file_and_bad_yaml(tmp_path):
 @pytest.mark.parametrize("name", ["tiny_cpu.yaml", "gpu.yaml"])
 def test_shipped_configs_load(name):
     config = load_config(ROOT / "configs" / name)
-    assert config.data.num_rationales >= 2
-    assert config.train.alpha == pytest.approx(0.1)
+    assert config.data.num_rationales >= 2 and config.train.alpha > 0
 
 
-def test_gpu_config_describes_the_recipe():
-    config = load_config(ROOT / "configs" / "gpu.yaml")
-    assert config.data.num_rationales == 4
-    assert config.train.precision == "auto" and config.model.attn_backend == "auto"
-    assert config.model.name_or_path.startswith("Qwen/Qwen2.5-")
+def test_gpu_recipe_prepares_as_many_rationales_as_its_config_trains_on():
+    """examples/train_gsm8k.sh keeps K rationales per question; configs/gpu.yaml trains on K."""
+    script = (ROOT / "examples" / "train_gsm8k.sh").read_text()
+    (k,) = {int(value) for value in re.findall(r"mcckd prepare .*--k (\d+)", script)}
+    assert load_config(ROOT / "configs" / "gpu.yaml").data.num_rationales == k
 
 
 def test_the_command_reports_config_errors(tmp_path, capsys):

@@ -1,0 +1,78 @@
+"""Helpers shared by the tests: float64 oracles written from the definitions, error measures,
+random inputs. Imported as `helpers` (tests/conftest.py puts this folder on the path)."""
+import itertools
+import math
+
+import torch
+
+# d(objective) = 1.5 dloss + 0.25 dce + 0.75 dkl: gradient outputs that are not 1, on every
+# output of fused_linear_mcc_loss.
+FUSED_COEFS = (1.5, 0.25, 0.75)
+
+
+def pairwise_definition(logits, valid, temperature, reduction):
+    """The loss literally: mean over valid pairs of (KL(p_i||p_j) + KL(p_j||p_i)) / 2, float64."""
+    y = logits.double() / temperature
+    G, K, _ = y.shape
+    group_losses, has_pairs = [], []
+    for g in range(G):
+        rows = [k for k in range(K) if valid is None or bool(valid[g, k])]
+        logp = torch.log_softmax(y[g], dim=-1)
+        terms = []
+        for i, j in itertools.combinations(rows, 2):
+            kl_ij = torch.where(logp[i] > -math.inf, logp[i].exp() * (logp[i] - logp[j]), 0).sum()
+            kl_ji = torch.where(logp[j] > -math.inf, logp[j].exp() * (logp[j] - logp[i]), 0).sum()
+            terms.append((kl_ij + kl_ji) / 2)
+        group_losses.append(torch.stack(terms).mean() if terms else y.new_zeros(()))
+        has_pairs.append(bool(terms))
+    group_losses = torch.stack(group_losses)
+    if reduction == "none":
+        return group_losses
+    if reduction == "sum":
+        return group_losses.sum()
+    return group_losses.sum() / max(sum(has_pairs), 1)
+
+
+def loss_and_grad(fn, x, grad_output):
+    """fn(x) and d(sum(fn * grad_output))/dx, on a fresh leaf."""
+    leaf = x.detach().clone().requires_grad_()
+    loss = fn(leaf)
+    (grad,) = torch.autograd.grad(loss, leaf, grad_output)
+    return loss.detach(), grad
+
+
+def relative_error(actual, expected):
+    """max |actual - expected| / max |expected| (absolute when expected is all zero)."""
+    scale = expected.abs().max().item()
+    return (actual.double() - expected.double()).abs().max().item() / (scale if scale > 0 else 1.0)
+
+
+def random_logits(G, K, V, seed, *, masked=True, dtype=torch.float32, scale=3.0, device="cpu"):
+    """(logits [G, K, V] of std `scale`, valid [G, K] with ~30% of rows masked, group 0 full)."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    logits = (scale * torch.randn(G, K, V, generator=generator, device=device)).to(dtype)
+    valid = None
+    if masked:
+        valid = torch.rand(G, K, generator=generator, device=device) > 0.3
+        valid[0] = True  # at least one full group
+    return logits, valid
+
+
+def run_fused(fn, inputs, dtype, **kwargs):
+    """(loss, ce, kl, grads of FUSED_COEFS . (loss, ce, kl) to hidden, weight, bias), float64,
+    of fn = fused_linear_mcc_loss or its reference on `inputs` (a dict) cast to dtype."""
+    params = {
+        k: inputs[k].to(dtype).requires_grad_() for k in ("hidden", "weight", "bias") if inputs[k] is not None
+    }
+    out = fn(params["hidden"], params["weight"], inputs["labels"], inputs["answer_index"],
+             answer_valid=inputs["answer_valid"], bias=params.get("bias"), **kwargs)
+    objective = sum(c * o for c, o in zip(FUSED_COEFS, out))
+    grads = torch.autograd.grad(objective, list(params.values()))
+    return [o.detach().double() for o in out] + [g.double() for g in grads]
+
+
+def rounded_to(inputs, dtype):
+    """The float tensors of `inputs` rounded to dtype and back to float64 (the same rounded
+    inputs for a float64 ground truth)."""
+    return {key: value.to(dtype).double() if value is not None and value.is_floating_point() else value
+            for key, value in inputs.items()}
