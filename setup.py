@@ -7,7 +7,7 @@ HERE = Path(__file__).parent
 
 setup(
     name="mcckd",
-    version="0.1.0",
+    version="0.2.0",
     description="Multi-CoT Consistent Knowledge Distillation (MCC-KD) with fused Triton kernels",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",

@@ -10,7 +10,7 @@ The public API, imported on first use (so that `import mcckd` stays light):
 """
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _PUBLIC = {
     "pairwise_sym_kl": "mcckd.ops.pairwise_kl",

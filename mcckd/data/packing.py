@@ -16,6 +16,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch.utils.data import Sampler
 
+from mcckd.data.tokenize import TokenizedQuestion
+
 IGNORE_INDEX = -100
 
 
@@ -57,8 +59,20 @@ class PackedBatch:
         return PackedBatch(**moved)
 
 
-def pack_questions(questions, k=None, *, ignore_index=IGNORE_INDEX):
-    """A PackedBatch of TokenizedQuestions; K = k, or the most rationales of any of them."""
+def pack_questions(
+    questions: list[TokenizedQuestion], k: int | None = None, *, ignore_index: int = IGNORE_INDEX
+) -> PackedBatch:
+    """All rationales of `questions` packed into one stream, with their aligned answer groups.
+
+    Args:
+        questions: tokenized questions (`mcckd.data.tokenize`), each with 1..k rationales.
+        k: K, the width of answer_index (default: the most rationales of any question).
+        ignore_index: the label of positions with no target.
+
+    Returns:
+        A PackedBatch of N tokens in S sequences (one per rationale) and G answer groups (one
+        per answer token of each question); see its fields for the shapes.
+    """
     if not questions:
         raise ValueError("no questions to pack")
     most = max(len(question.rationales) for question in questions)

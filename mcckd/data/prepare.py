@@ -7,7 +7,6 @@ the gold answer, drops exact and near duplicates, chooses the K most diverse, wr
 records and prints a report: questions read and kept, what was dropped and why, a histogram of
 rationales per question, and the mean pairwise similarity before and after the choice.
 """
-import argparse
 import sys
 import time
 from collections import Counter
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from tqdm import tqdm
 
-from mcckd.cli import positive_int
+from mcckd.arguments import positive_int, unit_fraction
 from mcckd.data.answers import TASKS
 from mcckd.data.records import read_records, write_records
 from mcckd.data.select import select_rationales
@@ -149,11 +148,3 @@ def run(args):
     print(report.format())
     print(f"took {time.perf_counter() - started:.1f} s")
     return 0
-
-
-def unit_fraction(text):
-    """argparse type: a number in (0, 1]."""
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text}")
-    return value

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from transformers.utils import logging as transformers_logging
 
-from mcckd.cli import non_negative_int, positive_int
+from mcckd.arguments import non_negative_int, positive_int
 from mcckd.demo.report import difference_line, results_table
 from mcckd.demo.runner import run_demo
 from mcckd.demo.settings import SEED, SIZES, STEPS

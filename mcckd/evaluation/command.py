@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from mcckd.cli import positive_int
+from mcckd.arguments import positive_int
 from mcckd.data.answers import TASKS
 from mcckd.data.records import read_records
 from mcckd.errors import InputError

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mcckd.cli import non_negative_float, non_negative_int, positive_int
+from mcckd.arguments import non_negative_float, non_negative_int, positive_int
 from mcckd.data.answers import TASKS, task_kind
 from mcckd.data.records import read_records
 from mcckd.data.resumable import append_line, finished_ids
