@@ -31,6 +31,7 @@ setup(
         "test": ["pytest>=8.0", "pytest-benchmark>=4.0", "ruff==0.17.6"],
         "bench": ["pytest-benchmark>=4.0", "matplotlib>=3.8"],
         "flash": ["flash-attn>=2.6"],
+        "liger": ["liger-kernel>=0.5"],
         "dev": ["pytest>=8.0", "pytest-benchmark>=4.0", "ruff==0.17.6"],
     },
     entry_points={"console_scripts": ["mcckd=mcckd.cli:main"]},

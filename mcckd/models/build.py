@@ -1,9 +1,12 @@
 """The student a training run starts from: pretrained, random with an on-the-fly tokenizer, or
 resumed from a checkpoint (full weights, or LoRA adapters onto their base)."""
+import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from mcckd.data.records import record_texts
 from mcckd.errors import InputError
+from mcckd.models.compile import compile_decoder_layers
+from mcckd.models.liger import apply_liger_kernels
 from mcckd.models.loading import BASE_SUBFOLDER, load_adapters
 from mcckd.models.student import apply_lora, load_student
 from mcckd.models.word_tokenizer import train_word_tokenizer
@@ -57,7 +60,19 @@ def build_student(config, records, device, resume_from, out_dir, rank):
         raise InputError("config key 'model.tokenizer' is needed: the student has no tokenizer beside it")
     if m.gradient_checkpointing:
         enable_activation_checkpointing(causal_lm(student.model))
+    speed_up(student.model, config, device)
     return student, base_folder
+
+
+def speed_up(model, config, device):
+    """The optional fast paths: Liger's layer kernels (`model.liger`), then regional
+    compilation of the decoder layers (`train.compile`), over the patched layers."""
+    if config.model.liger:
+        if torch.device(device).type != "cuda":
+            raise InputError("config key 'model.liger' needs a CUDA device: Liger's kernels run on GPUs only")
+        apply_liger_kernels(model)
+    if config.train.compile:
+        compile_decoder_layers(model)
 
 
 def enable_activation_checkpointing(model):

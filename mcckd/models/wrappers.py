@@ -1,5 +1,5 @@
 """What lies under a student: the transformers model under an optional peft wrapper, its kind,
-and its output layer."""
+its blocks and its output layer."""
 
 
 def causal_lm(model):
@@ -10,6 +10,13 @@ def causal_lm(model):
 def is_encoder_decoder(model):
     """Whether the student is an encoder-decoder (T5): padded batches, no packing."""
     return bool(getattr(causal_lm(model).config, "is_encoder_decoder", False))
+
+
+def transformer_blocks(model):
+    """The model's repeated blocks (decoder layers): the modules whose class transformers lists
+    in `_no_split_modules`, in order."""
+    names = set(causal_lm(model)._no_split_modules or ())
+    return [module for module in model.modules() if type(module).__name__ in names]
 
 
 def output_layer(model):

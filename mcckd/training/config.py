@@ -42,6 +42,7 @@ class ModelConfig:
     dtype: str = "float32"  # the weights' storage dtype
     attn_backend: str = "auto"  # auto or one of ATTENTION_BACKENDS (decoder-only students)
     gradient_checkpointing: bool = False
+    liger: bool = False  # Liger-Kernel's RMSNorm, SwiGLU and RoPE kernels (CUDA; pip install -e ".[liger]")
     lora: LoraConfig | None = None
 
 
@@ -75,6 +76,7 @@ class TrainConfig:
     temperature: float = 1.0
     chunk_size: int | None = None  # tokens per chunk of the fused loss (None: its default)
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16", "fp32"
+    compile: bool = False  # torch.compile each decoder layer on its own (regional compilation)
     distributed: str = "ddp"  # "ddp" or "fsdp" (FSDP2 fully_shard), under torchrun
     device: str = "auto"  # "auto", "cpu", "cuda"
     log_every: int = 10
