@@ -1,5 +1,8 @@
 """The student and its fused MCC-KD loss as one module, so that DDP and FSDP see it whole."""
+import weakref
+
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from mcckd.data.seq2seq import Seq2SeqBatch
 from mcckd.models.packed import forward_packed
@@ -9,12 +12,32 @@ from mcckd.ops import fused_linear_mcc_loss
 
 
 class MCCKDObjective(torch.nn.Module):
-    """The student and its fused MCC-KD loss in one forward, so that DDP and FSDP see it whole."""
+    """The student and its fused MCC-KD loss in one forward, so that DDP and FSDP see it whole.
 
-    def __init__(self, model, *, alpha, temperature, chunk_size, dtype):
+    The fused loss takes the lm_head weight in `dtype`. A weight stored in another dtype (float32
+    master weights under bf16) is cast once per optimizer step, not once per micro-batch, and
+    every micro-batch's gradient flows back through the same cast. The copy is dropped when any
+    torch optimizer steps (a global step hook: fused AdamW writes the weights without moving
+    their version counter) and when the weight is written in place otherwise (its version
+    counter moves: a checkpoint load). `cache_head_weight=False` casts on every forward.
+    """
+
+    def __init__(self, model, *, alpha, temperature, chunk_size, dtype, cache_head_weight=True):
         super().__init__()
         self.model = model
         self.alpha, self.temperature, self.chunk_size, self.dtype = alpha, temperature, chunk_size, dtype
+        self.cache_head_weight = cache_head_weight
+        self._head_cast = None  # (key, weight cast to self.dtype)
+        self._step_hook = register_optimizer_step_post_hook(_forget_head_cast(weakref.ref(self)))
+
+    def head_weight(self, weight):
+        """`weight` in self.dtype, from the cache while the weight and the grad mode are unchanged."""
+        if weight.dtype == self.dtype or not self.cache_head_weight:
+            return weight.to(self.dtype)
+        key = (weight.data_ptr(), weight._version, torch.is_grad_enabled())
+        if self._head_cast is None or self._head_cast[0] != key:
+            self._head_cast = (key, weight.to(self.dtype))
+        return self._head_cast[1]
 
     def forward(self, batch):
         """(loss, ce, kl) of a PackedBatch or Seq2SeqBatch; hidden [N, d] -> never [N, V] logits."""
@@ -28,7 +51,16 @@ class MCCKDObjective(torch.nn.Module):
         # The fused loss sets its own precision (self.dtype operands, float32 accumulation):
         # autocast would recast its matmuls.
         with torch.autocast(hidden.device.type, enabled=False):
-            return fused_linear_mcc_loss(hidden.to(self.dtype), head.weight.to(self.dtype), batch.labels,
+            return fused_linear_mcc_loss(hidden.to(self.dtype), self.head_weight(head.weight), batch.labels,
                                          batch.answer_index, answer_valid=batch.answer_index >= 0, bias=bias,
                                          alpha=self.alpha, temperature=self.temperature,
                                          chunk_size=self.chunk_size)
+
+
+def _forget_head_cast(objective_ref):
+    """An optimizer step hook that drops the objective's cached cast (the objective held weakly)."""
+    def hook(optimizer, args, kwargs):
+        objective = objective_ref()
+        if objective is not None:
+            objective._head_cast = None
+    return hook
