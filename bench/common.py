@@ -82,6 +82,33 @@ def synchronized(fn):
     return run
 
 
+def linear_inputs(N, d, V, dtype, G, K, ignored=0.25):
+    """hidden [N, d] and weight [V, d] (logits of std ~1) requiring grad, labels [N] with a
+    fraction `ignored` at -100 (prompt tokens carry no target), answer_index [G, K]."""
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    hidden = torch.randn(N, d, generator=gen, device=DEVICE, dtype=dtype).requires_grad_()
+    weight = torch.randn(V, d, generator=gen, device=DEVICE, dtype=dtype).mul_(d**-0.5).requires_grad_()
+    labels = torch.randint(0, V, (N,), generator=gen, device=DEVICE)
+    labels[torch.rand(N, generator=gen, device=DEVICE) < ignored] = -100
+    answer_index = torch.randperm(N, generator=gen, device=DEVICE)[: G * K].view(G, K)
+    return hidden, weight, labels, answer_index
+
+
+def cuda_graphed(fn, warmup=3):
+    """fn() captured once in a CUDA graph (after warm-up calls on a side stream, as capture
+    needs); returns the graph's replay, which costs the kernels without their launches."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def measure(benchmark, fn, rounds=5):
     """Time fn with pytest-benchmark (its table) and return (median ms, peak extra MiB).
 

@@ -6,11 +6,11 @@ is the three GEMMs, 6 N d V FLOPs (bench/NOTES.md); peak_mb is memory above the 
 """
 import pytest
 import torch
-from common import DEVICE, DTYPES, ON_CUDA, measure, record
+from common import DTYPES, ON_CUDA, linear_inputs, measure, record
 from providers import linear_mcc_providers
 
 if ON_CUDA:
-    SHAPES = [(N, 4096, V) for N in (4096, 16384) for V in (32000, 128256)]
+    SHAPES = [(N, 4096, V) for N in (4096, 16384) for V in (32000, 128256, 151936)]
     DTYPE = "bf16"
     G, K = 64, 4
 else:
@@ -18,30 +18,18 @@ else:
     DTYPE = "fp32"
     G, K = 8, 4
 PROVIDERS = linear_mcc_providers(ON_CUDA)
-IGNORED = 0.25  # prompt tokens carry no target
-
-
-def make_inputs(N, d, V, dtype):
-    """hidden [N, d] and weight [V, d] (logits of std ~1) requiring grad, labels, answer_index [G, K]."""
-    gen = torch.Generator(device=DEVICE).manual_seed(0)
-    hidden = torch.randn(N, d, generator=gen, device=DEVICE, dtype=dtype).requires_grad_()
-    weight = torch.randn(V, d, generator=gen, device=DEVICE, dtype=dtype).mul_(d**-0.5).requires_grad_()
-    labels = torch.randint(0, V, (N,), generator=gen, device=DEVICE)
-    labels[torch.rand(N, generator=gen, device=DEVICE) < IGNORED] = -100
-    answer_index = torch.randperm(N, generator=gen, device=DEVICE)[: G * K].view(G, K)
-    return hidden, weight, labels, answer_index
 
 
 @pytest.mark.parametrize("provider", sorted(PROVIDERS))
 @pytest.mark.parametrize("N, d, V", SHAPES, ids=[f"N{n}-d{d}-V{v}" for n, d, v in SHAPES])
 def test_fused_linear_mcc(benchmark, N, d, V, provider):
     loss_fn = PROVIDERS[provider]
-    hidden, weight, labels, answer_index = make_inputs(N, d, V, DTYPES[DTYPE])
+    hidden, weight, labels, answer_index = linear_inputs(N, d, V, DTYPES[DTYPE], G, K)
 
     def forward_backward():
         return torch.autograd.grad(loss_fn(hidden, weight, labels, answer_index), (hidden, weight))
 
-    ms_fwd_bwd, peak_mb = measure(benchmark, forward_backward)
+    ms_fwd_bwd, peak_mb = measure(benchmark, forward_backward, rounds=3)
     record("fused_linear_mcc", {
         "N": N, "d": d, "V": V, "G": G, "K": K, "dtype": DTYPE, "provider": provider,
         "ms_fwd_bwd": ms_fwd_bwd, "peak_mb": peak_mb,

@@ -10,18 +10,12 @@ import sys
 
 import torch
 import triton.testing
+from common import copy_gbps
 
 from mcckd.ops import pairwise_kl_triton as pairwise_kl
 from mcckd.ops.pairwise_kl_triton import LaunchConfig, pairwise_kl_backward, pairwise_kl_forward
 
 SHAPES = [(512, 4, 128256), (64, 4, 128256)]
-
-
-def copy_gbps(nbytes=2**30):
-    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
-    return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
 def gbps(nbytes, ms):
@@ -60,14 +54,14 @@ def main():
     for shape in SHAPES:
         rows = sweep(*shape, copy)
         results["rows"] += rows
+        if len(sys.argv) > 1:  # after every shape: a run stopped at its time limit keeps what it swept
+            with open(sys.argv[1], "w") as f:
+                json.dump(results, f, indent=1)
         for pass_name in ("fwd", "bwd"):
             best = sorted((r for r in rows if r["pass"] == pass_name), key=lambda r: r["ms"])[:3]
             for r in best:
                 print(f"{pass_name} G={shape[0]} K={shape[1]} V={shape[2]} {r['config']} {r['ms']:.3f} ms "
                       f"{100 * r['of_copy']:.0f}% of copy")
-    if len(sys.argv) > 1:
-        with open(sys.argv[1], "w") as f:
-            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
