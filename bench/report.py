@@ -177,6 +177,9 @@ def main():
     args = parser.parse_args()
     with open(args.results) as f:
         results = json.load(f)
+    if "providers" in results:
+        parser.error(f"{args.results} holds the fixed-length step of an earlier bench/train_step.py: "
+                     "run it again")
     train = "rows" in results
     (print_train_table if train else print_kernel_table)(results)
     if args.plot:

@@ -1,6 +1,6 @@
 """Full MCC-KD training steps on real rationale lengths: mcckd against the stacks a user picks.
 
-    python bench/train_step.py OUT.json [--shape qwen2.5-0.5b] [--variants mcckd,hf_padded]
+    python bench/train_step.py [OUT.json] [--shape qwen2.5-0.5b] [--variants mcckd,hf_padded]
     python bench/train_step.py OUT.json --tiny          # any machine: the tiny shape on the CPU
 
 Data (bench/step_data.py): questions whose prompt, rationale and answer lengths are drawn from
@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch._dynamo
 import transformers
+from common import device_slug
 from step_data import LengthDistribution, draw_micro_batches, padded, sequence_lengths
 from step_models import PEAK_FLOPS, SHAPES, step_flops, student_config
 from step_providers import PROVIDERS
@@ -246,7 +247,9 @@ def summary_line(row):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", help="the results JSON (rows are merged into it)")
+    parser.add_argument("out", nargs="?",
+                        help="the results JSON, rows merged into it "
+                             "(default: bench/results/<gpu>-train-step.json)")
     parser.add_argument("--shape", action="append", choices=SHAPES)
     parser.add_argument("--variants", type=lambda text: text.split(","),
                         help=f"comma-separated, of {list(VARIANTS)}")
@@ -267,6 +270,7 @@ def parse_args(argv=None):
         args.micro_batch_tokens, args.micro_batches, args.steps = 256, 2, 1
         args.warmup, args.repeats, args.length_scale = 1, 1, 0.1
     args.shape = args.shape or ["qwen2.5-0.5b", "qwen2.5-1.5b"]
+    args.out = args.out or str(ROOT / "bench" / "results" / f"{device_slug()}-train-step.json")
     unknown = set(args.variants or ()) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; known: {list(VARIANTS)}")
