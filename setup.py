@@ -28,7 +28,7 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-benchmark>=4.0", "ruff==0.17.6"],
+        "test": ["pytest>=8.0", "pytest-benchmark>=4.0", "ruff==0.17.6", "liger-kernel>=0.5"],
         "bench": ["pytest-benchmark>=4.0", "matplotlib>=3.8"],
         "flash": ["flash-attn>=2.6"],
         "liger": ["liger-kernel>=0.5"],
