@@ -175,7 +175,8 @@ def convert(value, annotation, key):
         if len(inner) > 1:  # str | dict: the value keeps the type it has, when it is one of them
             matching = [a for a in inner if isinstance(value, typing.get_origin(a) or a)]
             if not matching:
-                kinds = " or ".join("a mapping" if a is dict else f"a {a.__name__}" for a in inner)
+                names = {str: "a string", dict: "a mapping", int: "an integer", float: "a number"}
+                kinds = " or ".join(names.get(a, str(a)) for a in inner)
                 raise InputError(f"config key '{key}' must be {kinds}, got {value!r}")
             inner = matching
         return convert(value, inner[0], key)

@@ -119,7 +119,7 @@ def test_config_task_keys_take_a_name_a_mapping_or_a_file(tmp_path):
     ("math", None, "config key 'data.task': unknown task 'math'"),
     ({"name": "t", "kind": "choice", "choices": "Z"}, None, "config key 'data.task': 'choices' must be"),
     ("csqa", {"name": "t", "kind": "regex"}, "config key 'eval.task': a regex task needs a 'pattern'"),
-    (["csqa"], None, "config key 'data.task' must be a str or a mapping"),
+    (["csqa"], None, "config key 'data.task' must be a string or a mapping"),
 ])
 def test_config_task_errors_name_the_key(tmp_path, task, eval_task, message):
     path = config_file(tmp_path, task, eval_task)
