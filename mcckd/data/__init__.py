@@ -7,7 +7,8 @@ from mcckd.data.answers import TASKS, answers_match, extract_answer, normalize_a
 from mcckd.data.packing import IGNORE_INDEX, PackedBatch, TokenBudgetBatchSampler, pack_questions
 from mcckd.data.prepare import PrepareReport, prepare_records
 from mcckd.data.records import Record, read_records, write_records
-from mcckd.data.select import Selection, select_diverse, select_rationales
+from mcckd.data.select import Drop, Selection, select_diverse, select_rationales
+from mcckd.data.tasks import Task, load_task_file, resolve_task
 from mcckd.data.tokenize import (
     PromptTemplate,
     TokenizedQuestion,
@@ -20,21 +21,25 @@ from mcckd.data.tokenize import (
 __all__ = [
     "IGNORE_INDEX",
     "TASKS",
+    "Drop",
     "PackedBatch",
     "PrepareReport",
     "PromptTemplate",
     "Record",
     "Selection",
+    "Task",
     "TokenBudgetBatchSampler",
     "TokenizedQuestion",
     "TokenizedRationale",
     "answers_match",
     "extract_answer",
+    "load_task_file",
     "normalize_answer",
     "pack_questions",
     "prepare_records",
     "prompt_ids",
     "read_records",
+    "resolve_task",
     "select_diverse",
     "select_rationales",
     "tokenize_record",

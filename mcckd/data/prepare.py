@@ -1,11 +1,17 @@
 """`mcckd prepare`: raw teacher rationales in, the K most diverse correct ones per question out.
 
-    mcckd prepare INPUT --task TASK --k K --out OUT.jsonl [--ngram 3]
+    mcckd prepare INPUT (--task TASK | --task-file TASK.yaml) --k K --out OUT.jsonl
+                  [--think keep|unwrap|strip] [--dropped DROPPED.jsonl] [--ngram 3]
 
 Reads INPUT (either layout, see records.py), keeps for each question the rationales that reach
-the gold answer, drops exact and near duplicates, chooses the K most diverse, writes canonical
-records and prints a report: questions read and kept, what was dropped and why, a histogram of
-rationales per question, and the mean pairwise similarity before and after the choice.
+the gold answer (read by the task's rules, tasks.py), keeps of each think block what `--think`
+says (reasoning.py), drops exact and near duplicates, chooses the K most diverse, writes
+canonical records and prints a report: questions read and kept, what was dropped and why, a
+histogram of rationales per question, and the mean pairwise similarity before and after the
+choice. `--dropped` writes one JSON line per rationale left out: the record's id, the
+rationale's position among the record's non-empty rationales, the reason, the answer read out
+of it (null when none), the gold answer, the position of the one it repeats (duplicates), the
+text.
 """
 import sys
 import time
@@ -15,18 +21,11 @@ from dataclasses import dataclass, field, replace
 from tqdm import tqdm
 
 from mcckd.arguments import positive_int, unit_fraction
-from mcckd.data.answers import TASKS
-from mcckd.data.records import read_records, write_records
-from mcckd.data.select import select_rationales
+from mcckd.data.reasoning import THINK_MODES
+from mcckd.data.records import read_records, write_json_lines, write_records
+from mcckd.data.select import DROP_REASONS, select_rationales
+from mcckd.data.tasks import add_task_arguments, task_from_args
 from mcckd.errors import InputError
-
-RATIONALE_DROP_REASONS = (
-    "no answer found",
-    "wrong answer",
-    "exact duplicate",
-    "near duplicate",
-    "not chosen",
-)
 
 
 @dataclass
@@ -36,7 +35,7 @@ class PrepareReport:
 
     questions_read: int = 0
     rationales_read: int = 0
-    rationales_dropped: Counter = field(default_factory=Counter)
+    rationales_dropped: Counter = field(default_factory=lambda: Counter(dict.fromkeys(DROP_REASONS, 0)))
     questions_dropped: Counter = field(default_factory=Counter)
     histogram: Counter = field(default_factory=Counter)
     similarities_before: list = field(default_factory=list)
@@ -57,7 +56,7 @@ class PrepareReport:
         kept_rationales = sum(size * count for size, count in self.histogram.items())
         lines = [f"read {self.questions_read} questions with {self.rationales_read} rationales",
                  "rationales dropped:"]
-        lines += [f"  {reason:<18}{self.rationales_dropped[reason]:>7}" for reason in RATIONALE_DROP_REASONS]
+        lines += [f"  {reason:<18}{self.rationales_dropped[reason]:>7}" for reason in DROP_REASONS]
         lines.append("questions dropped:")
         lines += [
             f"  {reason:<32}{count:>7}" for reason, count in sorted(self.questions_dropped.items())
@@ -88,17 +87,27 @@ def format_mean(values):
 
 
 def prepare_records(
-    records, k, *, ngram=3, near_duplicate=0.8, min_rationales=1, max_subsets=1000, progress=False
+    records, k, *, task=None, think="keep", ngram=3, near_duplicate=0.8, min_rationales=1, max_subsets=1000,
+    progress=False, on_drop=None,
 ):
     """The records that keep at least `min_rationales` (>= 1) selected rationales, at most k
-    each, and the PrepareReport."""
+    each, and the PrepareReport.
+
+    `task` reads the answers (default: each record's own built-in task), `think` is what the
+    kept rationales hold of a think block (keep, unwrap, strip); `on_drop(record, drop)` is
+    called for every rationale left out (a `mcckd.data.select.Drop`).
+    """
     report = PrepareReport(ngram=ngram)
     kept = []
     too_few = "no rationale left" if min_rationales == 1 else f"fewer than {min_rationales} rationales left"
     for record in tqdm(records, desc="selecting", unit="question", disable=not progress):
         selection = select_rationales(
-            record, k, ngram=ngram, near_duplicate=near_duplicate, max_subsets=max_subsets
+            record, k, task=task, think=think, ngram=ngram, near_duplicate=near_duplicate,
+            max_subsets=max_subsets,
         )
+        if on_drop is not None:
+            for drop in selection.drops:
+                on_drop(record, drop)
         report.questions_read += 1
         report.rationales_read += len(record.rationales)
         report.rationales_dropped.update(selection.dropped)
@@ -118,7 +127,7 @@ def add_arguments(parser):
     parser.add_argument(
         "input", metavar="INPUT", help="teacher rationales: JSON array or JSON lines, .gz too"
     )
-    parser.add_argument("--task", required=True, choices=TASKS, help="how answers are read and compared")
+    add_task_arguments(parser)
     parser.add_argument("--k", required=True, type=positive_int, help="rationales to keep per question")
     parser.add_argument("--out", required=True, metavar="OUT.jsonl", help="where the canonical records go")
     parser.add_argument(
@@ -130,21 +139,49 @@ def add_arguments(parser):
                         help="drop questions left with fewer rationales (default 1)")
     parser.add_argument("--max-subsets", type=positive_int, default=1000, metavar="N",
                         help="search every subset up to this many, else choose greedily (default 1000)")
+    parser.add_argument("--think", choices=THINK_MODES, default="keep",
+                        help="what a rationale keeps of a <think> block: keep (as written, tags "
+                             "included), unwrap (the reasoning without its tags, then the text after "
+                             "it), strip (only the text after the block; a rationale with none is "
+                             "dropped). The answer is read after </think> either way (default keep)")
+    parser.add_argument("--dropped", metavar="DROPPED.jsonl",
+                        help="also write each rationale left out, with the reason and the answer read "
+                             "out of it, one JSON line each")
 
 
 def run(args):
     """Read, select, write, report; returns the exit code."""
     started = time.perf_counter()
-    records = read_records(args.input, args.task)
+    task = task_from_args(args)
+    records = read_records(args.input, task)
+    dropped = []
     kept, report = prepare_records(
-        records, args.k, ngram=args.ngram, near_duplicate=args.near_duplicate,
+        records, args.k, task=task, think=args.think, ngram=args.ngram, near_duplicate=args.near_duplicate,
         min_rationales=args.min_rationales, max_subsets=args.max_subsets, progress=sys.stderr.isatty(),
+        on_drop=(lambda record, drop: dropped.append(dropped_row(record, drop))) if args.dropped else None,
     )
-    try:
-        write_records(args.out, kept)
-    except OSError as error:
-        raise InputError(f"{args.out}: cannot write: {error.strerror or error}") from error
-    print(f"{args.input} -> {args.out}")
+    write_output(args.out, write_records, kept)
+    if args.dropped:
+        write_output(args.dropped, write_json_lines, dropped)
+    print(f"{args.input} -> {args.out}" + (f" (dropped: {args.dropped})" if args.dropped else ""))
     print(report.format())
     print(f"took {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def dropped_row(record, drop):
+    """The `--dropped` line of one rationale left out."""
+    row = {"id": record.id, "rationale": drop.index, "reason": drop.reason, "extracted": drop.extracted,
+           "gold": record.answer}
+    if drop.duplicate_of is not None:
+        row["duplicate_of"] = drop.duplicate_of
+    row["text"] = record.rationales[drop.index]
+    return row
+
+
+def write_output(path, write, rows):
+    """write(path, rows), an OSError reported as an InputError naming the file."""
+    try:
+        write(path, rows)
+    except OSError as error:
+        raise InputError(f"{path}: cannot write: {error.strerror or error}") from error

@@ -7,8 +7,10 @@ Two layouts are read, as a JSON array or as JSON lines, plain or gzip-compressed
     the paper's: {"instruction": "...", "output": "..." | ["...", ...], "label": "32"}
 
 Records of the paper's layout take the task given to `read_records` and the id
-"{task}-{index}". Gold answers are normalised as `extract_answer` normalises its output
-(`1,200` -> `1200`, `c` -> `C`). Errors name the file and the line where the record starts.
+"{task}-{index}". A record names its task; a built-in name resolves by itself, a task of the
+user's own (tasks.py) must be given to `read_records`. Gold answers are normalised as
+`extract_answer` normalises its output (`1,200` -> `1200`, `c` -> `C`). Errors name the file and
+the line where the record starts.
 """
 import gzip
 import json
@@ -17,7 +19,8 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mcckd.data.answers import TASKS, normalize_answer
+from mcckd.data.answers import normalize_answer
+from mcckd.data.tasks import BUILTIN_TASKS, TASKS, resolve_task
 from mcckd.errors import InputError
 
 
@@ -35,11 +38,11 @@ class Record:
 def read_records(path, task=None):
     """All records of a JSON array or JSON-lines file (`.gz` too); InputError on bad input.
 
-    `task` names the task of records that carry none (the paper's layout); a record whose own
-    task differs from it is an error.
+    `task` (a name, a Task or a task mapping, see tasks.py) is the task of records that carry
+    none (the paper's layout); a record whose own task differs from it is an error.
     """
-    if task is not None and task not in TASKS:
-        raise InputError(f"{path}: unknown task {task!r}: expected one of {', '.join(TASKS)}")
+    if task is not None:
+        task = resolve_task(task, str(path))
     text = read_text(path)
     records = []
     for index, (line, value) in enumerate(iter_json_values(text, path)):
@@ -48,7 +51,12 @@ def read_records(path, task=None):
 
 
 def write_records(path, records):
-    """Write records as canonical JSON lines (gzip for `.gz`), all or nothing.
+    """Write records as canonical JSON lines (gzip for `.gz`), all or nothing."""
+    write_json_lines(path, (asdict(record) for record in records))
+
+
+def write_json_lines(path, rows):
+    """Write JSON objects one a line (gzip for `.gz`), all or nothing.
 
     The lines go to a temporary file beside `path` that replaces it only once complete.
     """
@@ -60,8 +68,8 @@ def write_records(path, records):
         os.chmod(temporary, 0o666 & ~current_umask())
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(temporary, "wt", encoding="utf-8") as out:
-            for record in records:
-                out.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
+            for row in rows:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
@@ -153,11 +161,11 @@ def parse_record(value, index, task, where):
         rationales = [rationales] if isinstance(rationales, str) else rationales
     else:
         raise InputError(f"{where}: expected the keys question/answer/rationales or instruction/output/label")
-    record_task = value.get("task", task)
+    record_task = value.get("task", task.name if task else None)
     check_fields(question, answer, rationales, record_task, task, where)
     # The paper's files write "no rationale" as "".
     rationales = [text for text in rationales if text.strip()]
-    gold = normalize_answer(answer, record_task)
+    gold = normalize_answer(answer, task or BUILTIN_TASKS[record_task])
     if gold is None:
         raise InputError(f"{where}: answer {answer!r} is not a valid {record_task} answer")
     record_id = str(value.get("id", f"{record_task}-{index}"))
@@ -168,10 +176,11 @@ def check_fields(question, answer, rationales, record_task, task, where):
     """InputError unless the fields have the types and values a record needs."""
     if record_task is None:
         raise InputError(f"{where}: the record names no task: give one (--task)")
-    if record_task not in TASKS:
-        raise InputError(f"{where}: unknown task {record_task!r}: expected one of {', '.join(TASKS)}")
-    if task is not None and record_task != task:
-        raise InputError(f"{where}: the record's task is {record_task!r}, expected {task!r}")
+    if task is not None and record_task != task.name:
+        raise InputError(f"{where}: the record's task is {record_task!r}, expected {task.name!r}")
+    if task is None and record_task not in TASKS:
+        raise InputError(f"{where}: unknown task {record_task!r}: expected one of {', '.join(TASKS)}, "
+                         "or give the definition of a task of your own (--task-file, data.task)")
     if not isinstance(question, str) or not question.strip():
         raise InputError(f"{where}: the question must be a non-empty string")
     if not isinstance(answer, (str, int, float)):

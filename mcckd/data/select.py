@@ -1,87 +1,142 @@
 """Selection: keep a question's correct rationales, drop duplicates, pick the K most diverse.
 
-Similarity is the Jaccard index of two rationales' sets of word n-grams (lower-cased words and
-punctuation marks; a text shorter than n words is one n-gram). Exact duplicates (equal up to
-case and white space) and near duplicates (similarity >= a threshold, default 0.8) keep their
-first occurrence. Of the rest, the K with the lowest mean pairwise similarity are chosen: by
-trying every subset when there are at most `max_subsets` of them, else greedily (max-min: start
-from the least similar pair, then add the rationale whose highest similarity to those chosen is
-lowest). Ties go to the earlier rationales, so the choice is deterministic.
+A rationale is correct when the answer read out of it (answers.py) matches the gold one; what
+it keeps for training is `training_rationale` (reasoning.py): its think block as `think` says,
+its closing answer statement stripped. Similarity is the Jaccard index of two rationales' sets
+of word n-grams (lower-cased words and punctuation marks; a text shorter than n words is one
+n-gram). Exact duplicates (equal up to case and white space) and near duplicates (similarity
+>= a threshold, default 0.8) keep their first occurrence. Of the rest, the K with the lowest
+mean pairwise similarity are chosen: by trying every subset when there are at most
+`max_subsets` of them, else greedily (max-min: start from the least similar pair, then add the
+rationale whose highest similarity to those chosen is lowest). Ties go to the earlier
+rationales, so the choice is deterministic.
 """
 import itertools
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
-from mcckd.data.answers import answers_match, extract_answer, strip_answer_sentence
+from mcckd.data.answers import answers_match, extract_answer
+from mcckd.data.reasoning import training_rationale
+from mcckd.data.tasks import resolve_task
 
 WORD = re.compile(r"\w+|[^\w\s]")
+# Why a rationale is left out, in the order the stages decide it.
+DROP_REASONS = (
+    "no answer found",
+    "wrong answer",
+    "empty rationale",
+    "exact duplicate",
+    "near duplicate",
+    "not chosen",
+)
+
+
+@dataclass(frozen=True)
+class Drop:
+    """One rationale left out: its position in the record's rationales, the reason (one of
+    DROP_REASONS), the answer read out of it (None when none was found) and, for a duplicate,
+    the position of the rationale it repeats."""
+
+    index: int
+    reason: str
+    extracted: str | None = None
+    duplicate_of: int | None = None
 
 
 @dataclass
 class Selection:
     """The rationales chosen for one question and what happened to the others.
 
-    `dropped` counts rationales by reason: "no answer found", "wrong answer", "exact duplicate",
-    "near duplicate", "not chosen". The similarities are the mean pairwise n-gram Jaccard index
-    of the distinct correct rationales and of those chosen (None with fewer than two).
+    `drops` lists every rationale left out, `dropped` counts them by reason. The similarities
+    are the mean pairwise n-gram Jaccard index of the distinct correct rationales and of those
+    chosen (None with fewer than two).
     """
 
     rationales: list[str]
-    dropped: dict[str, int] = field(default_factory=dict)
+    drops: list[Drop] = field(default_factory=list)
     similarity_before: float | None = None
     similarity_after: float | None = None
 
+    @property
+    def dropped(self):
+        """Counter of the reasons of `drops`."""
+        return Counter(drop.reason for drop in self.drops)
 
-def select_rationales(record, k, *, ngram=3, near_duplicate=0.8, max_subsets=1000):
-    """The Selection of at most k correct, distinct, diverse rationales of `record`."""
-    correct, dropped = correct_rationales(record)
-    distinct, duplicates = remove_duplicates(correct, ngram=ngram, threshold=near_duplicate)
-    dropped.update(duplicates)
-    grams = [ngrams(text, ngram) for text in distinct]
+
+def select_rationales(record, k, *, task=None, think="keep", ngram=3, near_duplicate=0.8, max_subsets=1000):
+    """The Selection of at most k correct, distinct, diverse rationales of `record`.
+
+    Args:
+        record: a Record.
+        k: rationales to keep at most.
+        task: the task (a name or a Task) the answers are read by; default: the record's own.
+        think: what the kept rationales hold of a think block: keep, unwrap or strip.
+    """
+    task = resolve_task(task if task is not None else record.task)
+    correct, drops = correct_rationales(record, task, think)
+    indices = [index for index, _, _ in correct]
+    texts = [text for _, text, _ in correct]
+    distinct = []
+    for position, duplicate in enumerate(find_duplicates(texts, ngram=ngram, threshold=near_duplicate)):
+        if duplicate is None:
+            distinct.append(position)
+        else:
+            reason, of = duplicate
+            drops.append(Drop(indices[position], reason, correct[position][2], indices[of]))
+    grams = [ngrams(texts[position], ngram) for position in distinct]
     similarity = similarity_matrix(grams)
     chosen = select_diverse(similarity, k, max_subsets=max_subsets)
-    dropped["not chosen"] = len(distinct) - len(chosen)
+    drops += [Drop(indices[distinct[i]], "not chosen", correct[distinct[i]][2])
+              for i in range(len(distinct)) if i not in chosen]
     return Selection(
-        rationales=[distinct[i] for i in chosen],
-        dropped=dropped,
+        rationales=[texts[distinct[i]] for i in chosen],
+        drops=sorted(drops, key=lambda drop: drop.index),
         similarity_before=mean_pairwise(similarity, range(len(distinct))),
         similarity_after=mean_pairwise(similarity, chosen),
     )
 
 
-def correct_rationales(record):
-    """The rationales whose extracted answer matches the gold one, without their closing
-    answer sentence, and counts of the others."""
-    correct, dropped = [], {"no answer found": 0, "wrong answer": 0}
-    for text in record.rationales:
-        answer = extract_answer(text, record.task, question=record.question)
+def correct_rationales(record, task, think="keep"):
+    """(index, training text, answer) of each rationale whose answer matches the gold one, and
+    the Drops of the others."""
+    correct, drops = [], []
+    for index, text in enumerate(record.rationales):
+        answer = extract_answer(text, task, question=record.question)
         if answer is None:
-            dropped["no answer found"] += 1
-        elif answers_match(answer, record.answer, record.task):
-            correct.append(strip_answer_sentence(text))
+            drops.append(Drop(index, "no answer found"))
+        elif not answers_match(answer, record.answer, task):
+            drops.append(Drop(index, "wrong answer", answer))
         else:
-            dropped["wrong answer"] += 1
-    return correct, dropped
+            kept = training_rationale(text, think)
+            if kept:
+                correct.append((index, kept, answer))
+            else:
+                drops.append(Drop(index, "empty rationale", answer))
+    return correct, drops
 
 
-def remove_duplicates(texts, *, ngram=3, threshold=0.8):
-    """The texts without exact and near duplicates (first kept), and counts of each."""
-    kept, kept_grams, seen = [], [], set()
-    dropped = {"exact duplicate": 0, "near duplicate": 0}
-    for text in texts:
+def find_duplicates(texts, *, ngram=3, threshold=0.8):
+    """Per text, None when it is kept, else (reason, position of the kept text it repeats):
+    "exact duplicate" (equal up to case and white space) or "near duplicate" (n-gram Jaccard
+    similarity >= threshold to a kept text). The first occurrence is kept."""
+    kept, kept_grams, seen, found = [], [], {}, []
+    for position, text in enumerate(texts):
         key = " ".join(text.lower().split())
         grams = ngrams(text, ngram)
-        is_exact_duplicate = key in seen
-        seen.add(key)
-        if is_exact_duplicate:
-            dropped["exact duplicate"] += 1
-        elif any(jaccard(grams, other) >= threshold for other in kept_grams):
-            dropped["near duplicate"] += 1
+        if key in seen:
+            found.append(("exact duplicate", seen[key]))
+            continue
+        seen[key] = position
+        near = next((of for of, other in zip(kept, kept_grams) if jaccard(grams, other) >= threshold), None)
+        if near is not None:
+            found.append(("near duplicate", near))
         else:
-            kept.append(text)
+            kept.append(position)
             kept_grams.append(grams)
-    return kept, dropped
+            found.append(None)
+    return found
 
 
 def ngrams(text, n):

@@ -1,6 +1,7 @@
 """Evaluation: batched greedy generation, answer extraction, accuracy reports.
 
-`mcckd eval --model DIR --data FILE --task TASK --out DIR` loads a student checkpoint (a full
+`mcckd eval --model DIR --data FILE --task TASK --out DIR` (or `--task-file TASK.yaml`, a task
+of one's own: `mcckd.data.tasks`) loads a student checkpoint (a full
 model or a LoRA adapter), answers every question of FILE greedily, reads the final answer out
 of each output with the data package's extraction, and writes to DIR:
 
@@ -23,8 +24,8 @@ import time
 import torch
 
 from mcckd.arguments import positive_int
-from mcckd.data.answers import TASKS
 from mcckd.data.records import read_records
+from mcckd.data.tasks import add_task_arguments, task_from_args
 from mcckd.errors import InputError
 from mcckd.evaluation.report import markdown_table, write_report
 from mcckd.evaluation.scoring import predict, summarize
@@ -36,7 +37,7 @@ def add_arguments(parser):
     """Arguments of `mcckd eval`."""
     parser.add_argument("--model", required=True, help="checkpoint folder: a full model or a LoRA adapter")
     parser.add_argument("--data", required=True, help="records to answer (canonical or the paper's layout)")
-    parser.add_argument("--task", required=True, choices=TASKS, help="the task, for answer extraction")
+    add_task_arguments(parser)
     parser.add_argument("--out", required=True, help="folder for predictions.jsonl, summary.json, summary.md")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="questions per generate call")
     parser.add_argument("--max-new-tokens", type=positive_int, default=256, help="generation length limit")
@@ -49,16 +50,17 @@ def add_arguments(parser):
 
 def run(args):
     """`mcckd eval`: answer every question, write predictions and the accuracy summary."""
-    records = read_records(args.data, args.task)
+    task = task_from_args(args)
+    records = read_records(args.data, task)
     if not records:
         raise InputError(f"{args.data}: no records")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_checkpoint(args.model, device=device, dtype=resolve_dtype(args.dtype, device))
     started = time.perf_counter()
-    rows = predict(model, tokenizer, records, args.task, batch_size=args.batch_size,
+    rows = predict(model, tokenizer, records, task, batch_size=args.batch_size,
                    max_new_tokens=args.max_new_tokens, progress=True)
     summary = {
-        **summarize(rows, args.task),
+        **summarize(rows, task),
         "model": str(args.model),
         "data": str(args.data),
         "max_new_tokens": args.max_new_tokens,

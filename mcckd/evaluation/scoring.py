@@ -1,7 +1,8 @@
 """Answering records with a student and scoring the answers: prediction rows and accuracy."""
 import torch
 
-from mcckd.data.answers import answers_match, extract_answer, task_kind
+from mcckd.data.answers import answers_match, extract_answer
+from mcckd.data.tasks import resolve_task
 from mcckd.data.tokenize import encode_prompt
 from mcckd.evaluation.generation import generate_greedy, generation_attention
 
@@ -19,10 +20,11 @@ def evaluate_model(model, tokenizer, records, task, *, batch_size=16, max_new_to
 
 
 def predict(model, tokenizer, records, task, *, batch_size=16, max_new_tokens=256, progress=False):
-    """One row per record: id, question, gold, generated, extracted, correct."""
+    """One row per record: id, question, gold, generated, extracted, correct; `task` is a task
+    name, a Task or a task mapping (`mcckd.data.tasks`)."""
     if not records:
         raise ValueError("records: nothing to evaluate")
-    task_kind(task)  # an unknown task fails now, not after the generation
+    task = resolve_task(task)  # an unknown task fails now, not after the generation
     encoder_decoder = model.config.is_encoder_decoder
     prompts = [
         encode_prompt(tokenizer, record.question, encoder_decoder=encoder_decoder) for record in records
@@ -55,7 +57,7 @@ def summarize(rows, task):
     """Counts and accuracy of prediction rows; `missing` counts outputs with no answer."""
     correct = sum(row["correct"] for row in rows)
     return {
-        "task": task,
+        "task": resolve_task(task).name,
         "n": len(rows),
         "correct": correct,
         "accuracy": correct / len(rows),

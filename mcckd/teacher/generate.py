@@ -1,9 +1,10 @@
 """Teacher rationale generation: N chain-of-thought samples per question, one record a line.
 
 `mcckd generate INPUT --endpoint URL --model NAME --num-samples N --temperature T --task TASK
---out OUT.jsonl` asks an OpenAI-compatible chat-completions server (vLLM, SGLang, TGI and
-others serve this API) for N rationales per question, with bounded concurrency; `--local DIR`
-samples them from a transformers model instead. The prompt asks for step-by-step reasoning
+--out OUT.jsonl` (or `--task-file TASK.yaml`, a task of one's own: `mcckd.data.tasks`) asks an
+OpenAI-compatible chat-completions server (vLLM, SGLang, TGI and others serve this API) for N
+rationales per question, with bounded concurrency; `--local DIR` samples them from a
+transformers model instead. The prompt asks for step-by-step reasoning
 that ends in the fixed sentence "Therefore, the answer is X.", which `mcckd prepare` reads.
 
 Each finished question is appended to OUT as one canonical record (question, answer = the
@@ -27,9 +28,9 @@ import torch
 from tqdm import tqdm
 
 from mcckd.arguments import non_negative_float, non_negative_int, positive_int
-from mcckd.data.answers import TASKS, task_kind
 from mcckd.data.records import read_records
 from mcckd.data.resumable import append_line, finished_ids
+from mcckd.data.tasks import add_task_arguments, resolve_task, task_from_args
 from mcckd.errors import InputError
 from mcckd.teacher.client import ChatCompletionsClient, ServerError
 
@@ -38,13 +39,12 @@ DEFAULT_PROMPT = (
     "with one last line of the form \"Therefore, the answer is X.\" where X is {answer_kind}.\n\n"
     "Question: {question}"
 )
-ANSWER_KINDS = {"numeric": "a number", "choice": "the letter of the correct choice", "yesno": "yes or no"}
 
 
 def add_arguments(parser):
     """Arguments of `mcckd generate`."""
     parser.add_argument("input", help="questions with their gold answers (canonical or the paper's layout)")
-    parser.add_argument("--task", required=True, choices=TASKS, help="the task of the questions")
+    add_task_arguments(parser)
     parser.add_argument("--out", required=True, help="JSON-lines output, appended to and resumed")
     parser.add_argument("--num-samples", type=positive_int, required=True, help="rationales per question")
     parser.add_argument("--temperature", type=non_negative_float, required=True, help="sampling temperature")
@@ -59,7 +59,7 @@ def add_arguments(parser):
     parser.add_argument(
         "--prompt",
         help="prompt template file: {question} is replaced by the question, "
-        "{answer_kind} by what the answer is (a number, a letter, yes or no)",
+        "{answer_kind} by what the answer is (a number, a letter, yes or no; a task file's description)",
     )
     server = parser.add_argument_group("server")
     server.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight at once")
@@ -78,7 +78,8 @@ def add_arguments(parser):
 
 def run(args):
     """`mcckd generate`: sample rationales for the questions not yet in the output file."""
-    records = read_records(args.input, args.task)
+    task = task_from_args(args)
+    records = read_records(args.input, task)
     check_unique_ids(records, args.input)
     template = read_prompt(args.prompt)
     if args.endpoint and not args.model:
@@ -91,7 +92,7 @@ def run(args):
           file=sys.stderr)
     if not todo:
         return 0
-    prompts = [build_prompt(template, record.question, args.task) for record in todo]
+    prompts = [build_prompt(template, record.question, task) for record in todo]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "ab") as handle:
         def write(record, rationales):
@@ -145,11 +146,12 @@ def read_prompt(path):
 
 
 def build_prompt(template, question, task):
-    """The template with the question and the kind of answer filled in.
+    """The template with the question and the kind of answer (`task`: a name or a Task) filled in.
 
     Plain replacement, not str.format: a template may hold other braces (JSON examples).
     """
-    return template.replace("{answer_kind}", ANSWER_KINDS[task_kind(task)]).replace("{question}", question)
+    answer_kind = resolve_task(task).answer_kind
+    return template.replace("{answer_kind}", answer_kind).replace("{question}", question)
 
 
 def make_client(args):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from mcckd.data.tasks import resolve_task
 from mcckd.errors import InputError
 from mcckd.models.attention import ATTENTION_BACKENDS
 from mcckd.models.dtypes import DTYPES
@@ -51,7 +52,9 @@ class DataConfig:
     """Prepared records (canonical JSONL, `mcckd prepare`) and how they become batches."""
 
     train: str | None = None
-    task: str | None = None  # gsm8k, svamp, asdiv, csqa, strategyqa; default: each record's own
+    # a built-in task (gsm8k, svamp, asdiv, csqa, strategyqa), a task file, or a task mapping
+    # {name, kind, ...} (mcckd.data.tasks); default: each record's own built-in task
+    task: str | dict | None = None
     num_rationales: int = 4  # K: rationales per question (the first K of each record)
     max_tokens: int = 4096  # token budget of one micro-batch
     max_length: int = 512  # longest tokenised rationale kept (prompt + target)
@@ -91,7 +94,7 @@ class EvalConfig:
     """Periodic evaluation on held-out records (greedy generation, answer accuracy)."""
 
     data: str | None = None
-    task: str | None = None  # default: data.task
+    task: str | dict | None = None  # as data.task; default: data.task
     every: int = 0  # steps between evaluations (0: none)
     limit: int | None = None  # evaluate the first `limit` records only
     batch_size: int = 16
@@ -168,8 +171,15 @@ def convert(value, annotation, key):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return convert(value, inner, key)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:  # str | dict: the value keeps the type it has, when it is one of them
+            matching = [a for a in inner if isinstance(value, typing.get_origin(a) or a)]
+            if not matching:
+                names = {str: "a string", dict: "a mapping", int: "an integer", float: "a number"}
+                kinds = " or ".join(names.get(a, str(a)) for a in inner)
+                raise InputError(f"config key '{key}' must be {kinds}, got {value!r}")
+            inner = matching
+        return convert(value, inner[0], key)
     if dataclasses.is_dataclass(annotation):
         return build(annotation, {} if value is None else value, key + ".")
     if origin is list:
@@ -241,5 +251,8 @@ def validate(config):
     _require(ev.every == 0 or ev.data is not None, "eval.data", "must be set when eval.every > 0")
     _require(ev.every == 0 or (ev.task or data.task) is not None, "eval.task",
              "(or data.task) must be set when eval.every > 0")
+    for key, task in (("data.task", data.task), ("eval.task", ev.task)):
+        if task is not None:
+            resolve_task(task, f"config key '{key}'")
     _require(ev.every == 0 or train.distributed != "fsdp", "eval.every",
              "must be 0 under FSDP (evaluate the checkpoints with `mcckd eval` instead)")

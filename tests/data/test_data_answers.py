@@ -1,7 +1,7 @@
 """Answer extraction and comparison, on written-out cases for every task."""
 import pytest
 
-from mcckd.data import TASKS, answers_match, extract_answer, normalize_answer
+from mcckd.data import TASKS, Task, answers_match, extract_answer, normalize_answer
 
 NUMERIC_CASES = [
     # (rationale, expected answer)
@@ -110,3 +110,87 @@ def test_unknown_task_is_rejected():
     assert set(TASKS) == {"gsm8k", "svamp", "asdiv", "csqa", "strategyqa"}
     with pytest.raises(ValueError, match="unknown task 'math'"):
         extract_answer("The answer is 3.", "math")
+
+
+# Reasoning teachers: think blocks, \boxed{}, ####, markdown; (text, task, expected).
+REASONING_CASES = [
+    (r"So $x = \boxed{\frac{3}{4}}$.", "gsm8k", "0.75"),
+    (r"\boxed{\dfrac{10}{4}}", "gsm8k", "2.5"),
+    (r"\boxed{-\tfrac{1}{3}}", "gsm8k", "-1/3"),
+    (r"\boxed{x = 12}", "gsm8k", "12"),
+    (r"\boxed{\$1{,}250.00}", "gsm8k", "1250"),
+    (r"\boxed{12\,\text{cm}^2}", "gsm8k", "12"),
+    (r"\boxed{1\,000\,000}", "gsm8k", "1000000"),
+    (r"The answer is $\frac{5}{2}$ hours.", "gsm8k", "2.5"),  # LaTeX in a cue sentence
+    (r"3 + 4 = \boxed{7}, then 7 + 1 = 8.", "gsm8k", "7"),  # a box decides even if not last
+    ("So 5 + 5 = 10.\n#### 10", "gsm8k", "10"),
+    ("#### 12\nThe answer is 12.\n\\boxed{13}", "gsm8k", "13"),  # the later statement counts
+    ("\\boxed{12}\n#### 13", "gsm8k", "13"),
+    ("<think>The answer is 5.</think>\nSo the answer is 6.", "gsm8k", "6"),
+    ("<think>The answer is 5.</think>", "gsm8k", "5"),  # nothing after the block: inside it
+    ("<think>The answer is 5.</think>\nDone.", "gsm8k", "5"),
+    ("<think>So far 5 and still", "gsm8k", None),  # cut off inside the block
+    ("The answer is **42**.", "gsm8k", "42"),
+    ("**Answer:** 42 apples", "gsm8k", "42"),
+    ("**Answer: (B)**", "csqa", "B"),
+    ("The correct option is (D).", "csqa", "D"),
+    ("The correct choice is E because ...", "csqa", "E"),
+    ("Option (A) is wrong.\n\n**C**", "csqa", "C"),
+    ("<think>(A) maybe</think>\n\\boxed{\\text{B}}", "csqa", "B"),
+    ("\\boxed{F}", "csqa", None),  # F is no csqa choice
+    ("**No**", "strategyqa", "no"),
+    ("Fish need water.\n\n**Yes.**", "strategyqa", "yes"),
+    ("\\boxed{\\text{No}}", "strategyqa", "no"),
+    ("\\boxed{True}", "strategyqa", "yes"),
+    ("**Answer:** No, it cannot.", "strategyqa", "no"),
+    ("<think>yes</think>\n\\boxed{B}", "strategyqa", None),  # the boxed answer is not yes or no
+]
+
+
+@pytest.mark.parametrize("text, task, expected", REASONING_CASES)
+def test_reasoning_teacher_extraction(text, task, expected):
+    assert extract_answer(text, task) == expected
+
+
+TEN_CHOICES = Task("mmlu-pro", "choice", choices="ABCDEFGHIJ")
+CITY = Task("city", "string", normalize=("lowercase", "strip_articles", "strip_punctuation"))
+LENGTH = Task("length", "string", normalize=("lowercase",), units=("cm", "centimeters"))
+CODE = Task("code", "regex", pattern=r"CODE-(?P<answer>\d+)")
+
+
+@pytest.mark.parametrize("text, task, expected", [
+    ("The answer is (H).", TEN_CHOICES, "H"),
+    ("\\boxed{J}", TEN_CHOICES, "J"),
+    ("Therefore, the answer is J.", TEN_CHOICES, "J"),
+    ("The answer is (K).", TEN_CHOICES, None),
+    ("Therefore, the answer is The Hague.", CITY, "hague"),
+    ("**Answer:** \"the HAGUE\"!", CITY, "hague"),
+    ("\\boxed{\\text{The Hague}}", CITY, "hague"),
+    ("The Hague, I think.", CITY, None),  # no cue
+    ("The answer is 12 cm.", LENGTH, "12"),
+    ("The answer is 12cm", LENGTH, "12"),
+    ("The answer is Acme", LENGTH, "acme"),  # "me" is no unit, "cm" is not glued to a letter here
+    ("Tried CODE-1, then CODE-77.", CODE, "77"),
+    ("<think>CODE-5</think>CODE-6", CODE, "6"),
+    ("no code", CODE, None),
+])
+def test_tasks_of_ones_own_read_by_their_rules(text, task, expected):
+    assert extract_answer(text, task) == expected
+
+
+@pytest.mark.parametrize("raw, task, expected", [
+    (r"\frac{3}{4}", "gsm8k", "0.75"), (r"$\dfrac{1}{3}$", "gsm8k", "1/3"), ("1{,}200", "gsm8k", "1200"),
+    ("h", TEN_CHOICES, "H"), ("(J)", TEN_CHOICES, "J"), ("K", TEN_CHOICES, None),
+    ("The Hague.", CITY, "hague"), ("  the   hague ", CITY, "hague"), ("...", CITY, None),
+    ("12 centimeters", LENGTH, "12"),
+    ("7", CODE, "7"), ("code-7", CODE, "code-7"),  # the pattern reads outputs, not gold answers
+])
+def test_normalize_gold_answers_of_every_kind(raw, task, expected):
+    assert normalize_answer(raw, task) == expected
+
+
+def test_string_answers_match_exactly_after_normalisation():
+    said = extract_answer("The answer is THE HAGUE.", CITY)
+    assert answers_match(said, normalize_answer("Hague", CITY), CITY)
+    assert not answers_match("hague", "the hague", CITY)  # answers_match compares normalised forms
+    assert not answers_match("12", "12.0", LENGTH)  # not numeric: exact

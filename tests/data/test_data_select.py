@@ -4,7 +4,7 @@ import itertools
 import pytest
 
 from mcckd.data import Record, select_diverse, select_rationales
-from mcckd.data.select import jaccard, ngrams, remove_duplicates
+from mcckd.data.select import find_duplicates, jaccard, ngrams
 
 
 def symmetric(n, pairs, default):
@@ -89,8 +89,9 @@ def test_select_rationales_filters_deduplicates_and_picks_the_diverse_pair():
 
 def test_near_duplicate_threshold_is_configurable():
     texts = [APPLES, APPLES.replace("basket.", "basket now.")]
-    assert remove_duplicates(texts, threshold=0.8) == (texts[:1], {"exact duplicate": 0, "near duplicate": 1})
-    assert remove_duplicates(texts, threshold=0.99) == (texts, {"exact duplicate": 0, "near duplicate": 0})
+    assert find_duplicates(texts, threshold=0.8) == [None, ("near duplicate", 0)]
+    assert find_duplicates(texts, threshold=0.99) == [None, None]
+    assert find_duplicates([*texts, texts[1].upper()], threshold=0.99) == [None, None, ("exact duplicate", 1)]
 
 
 def test_multiple_choice_rationales_are_checked_against_the_letter():

@@ -399,3 +399,18 @@ def test_local_prompt_uses_the_chat_template_when_there_is_one():
     tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
                                "{% if add_generation_prompt %}assistant:{% endif %}")
     assert tokenizer.decode(local_prompt_ids(tokenizer, "what is it?")) == "user: what is it?\nassistant:"
+
+
+def test_a_task_of_ones_own_names_its_answer_in_the_prompt(teacher, tmp_path, monkeypatch):
+    task_file = tmp_path / "apples.yaml"
+    task_file.write_text("name: apples\nkind: numeric\ndescription: the number of apples\n")
+    source, out = tmp_path / "questions.jsonl", tmp_path / "rationales.jsonl"
+    source.write_text("".join(json.dumps({"id": f"a-{i}", "task": "apples", "question": question(i),
+                                          "answer": str(2 * i)}) + "\n" for i in range(2)))
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    argv = generate_argv(source, out, teacher.url)
+    argv[argv.index("--task"):argv.index("--task") + 2] = ["--task-file", str(task_file)]
+    assert main(argv) == 0
+    assert all("where X is the number of apples." in entry["prompt"] for entry in teacher.log)
+    written = sorted((record["id"], record["task"], len(record["rationales"])) for record in read_lines(out))
+    assert written == [("a-0", "apples", 3), ("a-1", "apples", 3)]
