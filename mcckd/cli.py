@@ -12,12 +12,19 @@ from mcckd.errors import InputError
 # name -> (module, one-line help)
 COMMANDS = {
     "prepare": ("mcckd.data.prepare", "choose the K most diverse correct teacher rationales per question"),
-    "eval": ("mcckd.evaluation.command", "answer a task's questions with a student, report its accuracy"),
+    "eval": (
+        "mcckd.evaluation.command",
+        "answer a task's questions with a student (in-process or through a server), report its accuracy",
+    ),
     "generate": (
         "mcckd.teacher.generate",
         "sample teacher rationales from a chat-completions server or a local model",
     ),
     "train": ("mcckd.training.command", "train a student with MCC-KD (torchrun for several GPUs)"),
+    "export": (
+        "mcckd.models.export_command",
+        "write a checkpoint as a standalone model folder to serve (LoRA merged, dtype, generation config)",
+    ),
     "demo": (
         "mcckd.demo.command",
         "MCC-KD against plain CE on a synthetic task, end to end on a CPU in minutes",

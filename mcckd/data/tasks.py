@@ -201,15 +201,26 @@ def string_list(mapping, key, where, allowed=None):
     return values
 
 
-def add_task_arguments(parser):
-    """`--task NAME` or `--task-file FILE`, one of them required."""
+def add_task_arguments(parser, *, per_data=False):
+    """`--task NAME` or `--task-file FILE`, one of them required; with `per_data` either may be
+    repeated, once for all --data files or once per file."""
     group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--task", choices=TASKS, help="a built-in task: how answers are read and compared")
-    group.add_argument("--task-file", metavar="TASK.yaml",
+    repeat = {"action": "append"} if per_data else {}
+    each = " (one for all --data, or one per --data)" if per_data else ""
+    group.add_argument("--task", choices=TASKS, **repeat,
+                       help=f"a built-in task: how answers are read and compared{each}")
+    group.add_argument("--task-file", metavar="TASK.yaml", **repeat,
                        help="a task of your own: YAML with name, kind (numeric, choice, yesno, string, "
-                            "regex) and its settings (choices, pattern, normalize, units)")
+                            f"regex) and its settings (choices, pattern, normalize, units){each}")
 
 
 def task_from_args(args):
     """The Task of `add_task_arguments`' options."""
     return BUILTIN_TASKS[args.task] if args.task else load_task_file(args.task_file)
+
+
+def tasks_from_args(args):
+    """The Tasks of `add_task_arguments(per_data=True)`' options, in the order given."""
+    if args.task:
+        return [BUILTIN_TASKS[name] for name in args.task]
+    return [load_task_file(path) for path in args.task_file]

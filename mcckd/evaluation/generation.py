@@ -1,5 +1,5 @@
 """Batched generation from token-id prompts: greedy decoding with a KV cache, or sampling with
-the same batching (`mcckd generate --local`)."""
+the same batching (self-consistency in `mcckd eval`, `mcckd generate --local`)."""
 import contextlib
 
 from tqdm import tqdm
@@ -7,6 +7,7 @@ from transformers import GenerationConfig
 
 from mcckd.data.padding import pad_rows
 from mcckd.models.attention import attention_backend, transformers_attention
+from mcckd.models.export import eos_token_ids
 
 
 def generation_attention(model):
@@ -66,20 +67,21 @@ def greedy_config(model, tokenizer, max_new_tokens, pad_id):
 
     A fresh config rather than the model's: a checkpoint's sampling defaults must not apply.
     """
-    stop = [tokenizer.eos_token_id, *as_list(model.generation_config.eos_token_id)]
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
         num_beams=1,
         use_cache=True,
         pad_token_id=pad_id,
-        eos_token_id=sorted({token for token in stop if token is not None}) or None,
+        eos_token_id=eos_token_ids(model.generation_config, tokenizer) or None,
         decoder_start_token_id=model.generation_config.decoder_start_token_id,
     )
 
 
-def as_list(value):
-    """`value` as a list: None -> [], a scalar -> [value]."""
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
+def sampling_config(model, tokenizer, max_new_tokens, *, num_samples, temperature):
+    """`num_samples` continuations per prompt sampled from the full distribution at
+    `temperature` (no top-k or top-p cut), otherwise as `greedy_config`."""
+    config = greedy_config(model, tokenizer, max_new_tokens, padding_id(tokenizer))
+    config.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                  num_return_sequences=num_samples)
+    return config

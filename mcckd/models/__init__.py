@@ -6,6 +6,7 @@
     seq2seq.py         the decoder hidden states of an encoder-decoder (T5) batch
     build.py           the student a training run starts from (pretrained, random, resumed)
     loading.py         loading a checkpoint folder (full or LoRA) for evaluation and inference
+    export.py          a checkpoint as a standalone folder to serve; export_command.py: `mcckd export`
     wrappers.py        what lies under a peft wrapper
     dtypes.py          weight dtypes by name
     word_tokenizer.py  a small BPE tokenizer trained on the fly

@@ -33,12 +33,16 @@ def load_checkpoint(path, *, device="cpu", dtype=torch.float32):
         model = load_pretrained(path, dtype)
     else:
         raise InputError(f"{path}: not a checkpoint folder (no config.json or adapter_config.json)")
-    tokenizer_source = path if has_tokenizer(path) else base
+    return model.to(device).eval(), checkpoint_tokenizer(path, base)
+
+
+def checkpoint_tokenizer(path, base):
+    """The tokenizer of checkpoint folder `path`: its own, else its base model's."""
+    source = path if has_tokenizer(path) else base
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+        return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:
-        raise InputError(f"{tokenizer_source}: cannot load the tokenizer: {error}") from error
-    return model.to(device).eval(), tokenizer
+        raise InputError(f"{source}: cannot load the tokenizer: {error}") from error
 
 
 def adapter_base(path):

@@ -1,8 +1,19 @@
-"""A client for OpenAI-compatible chat-completions servers (vLLM, SGLang, TGI and others) that
-retries what a retry can fix.
+"""Clients for OpenAI-compatible servers (vLLM, SGLang, TGI and others): the chat-completions
+API (`ChatCompletionsClient`, a user message) and the completions API (`CompletionsClient`, a
+text or token-id prompt), both retrying what a retry can fix.
 
-Connection errors, 429 (at least as long as its Retry-After says) and 5xx are retried with
-exponential backoff and jitter; any other 4xx raises InputError with the server's message.
+What a failure means decides what happens to it:
+
+- connection errors, 429 and 5xx may pass if we wait: retried with exponential backoff and
+  jitter, at least as long as a Retry-After header says (capped by `max_retry_after`); when
+  the retries run out, `ServerError` (the server is down: the run stops);
+- 400, 413 and 422 reject this one request (a prompt too long, a parameter the server refuses
+  for it): `QuestionError` at once, the run goes on with the other questions;
+- a reply that is not a completion (not JSON, no `choices`, an empty `choices`, a choice
+  without its text) is retried like a 5xx; when the retries run out, `QuestionError`;
+- any other 4xx (401, 403, 404: a wrong key, model or URL) holds for every request:
+  InputError with the server's message, the run stops.
+
 The API key is only ever sent in the Authorization header: never logged or written.
 """
 import email.utils
@@ -17,10 +28,19 @@ from datetime import UTC, datetime
 
 from mcckd.errors import InputError
 
+# HTTP statuses that reject one request, not the run (vLLM answers 400 to a prompt longer than
+# the model's context, for example).
+QUESTION_STATUSES = (400, 413, 422)
+DEFAULT_MAX_RETRY_AFTER = 300.0
+
 
 class ServerError(RuntimeError):
-    """The server kept failing after every retry, or answered with something that is not a
-    chat completion."""
+    """The server kept failing (connection, 429, 5xx) after every retry."""
+
+
+class QuestionError(Exception):
+    """One request failed for good (a 400, or malformed replies after every retry); the
+    message is the reason, recorded with the question."""
 
 
 class RetryableError(Exception):
@@ -30,20 +50,32 @@ class RetryableError(Exception):
         super().__init__(message)
         self.retry_after = retry_after
 
+    def final(self, url, attempts):
+        """The error to raise when the retries have run out."""
+        return ServerError(f"{url} still failing after {attempts} attempts: {self}")
+
+
+class MalformedReply(RetryableError):
+    """A 200 whose body is not a completion."""
+
+    def final(self, url, attempts):
+        return QuestionError(f"malformed reply after {attempts} attempts: {self}")
+
 
 class Cancelled(Exception):
-    """The run is stopping (another request failed for good): give up waiting to retry."""
+    """The run is stopping: give up waiting to retry."""
 
 
-def chat_completions_url(endpoint):
-    """The chat-completions URL of a server given by its base URL (`http://host:8000/v1`) or
-    by the full URL."""
+def endpoint_url(endpoint, path):
+    """The URL of an API `path` ("/chat/completions", "/completions") of a server given by its
+    base URL (`http://host:8000/v1`) or by the full URL."""
     if not endpoint.startswith(("http://", "https://")):
         raise InputError(f"--endpoint must be an http:// or https:// URL, got {endpoint!r}")
     endpoint = endpoint.rstrip("/")
-    if endpoint.endswith("/chat/completions"):
-        return endpoint
-    return endpoint + "/chat/completions"
+    for known in ("/chat/completions", "/completions"):
+        if endpoint.endswith(known):
+            endpoint = endpoint.removesuffix(known)
+    return endpoint + path
 
 
 def parse_retry_after(value):
@@ -64,6 +96,11 @@ def parse_retry_after(value):
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
+def capped(retry_after, cap):
+    """A server's Retry-After (None: none) no longer than `cap` seconds."""
+    return None if retry_after is None else min(retry_after, cap)
+
+
 def backoff_delay(attempt, base, cap, retry_after=None):
     """Seconds to sleep before retry number `attempt` (0 for the first retry).
 
@@ -76,21 +113,25 @@ def backoff_delay(attempt, base, cap, retry_after=None):
     return max(delay, retry_after or 0.0)
 
 
-class ChatCompletionsClient:
-    """Sends chat-completion requests to one server and retries what a retry can fix.
+class ServerClient:
+    """Sends completion requests to one server and retries what a retry can fix.
 
-    Thread-safe: the generation threads share one client. `cancel()` makes every request
-    waiting to retry give up at once.
+    Thread-safe: the request threads share one client. `cancel()` makes every request waiting
+    to retry give up at once. Subclasses say which API: its `path`, the request's `payload`
+    and the `text` of a choice.
     """
 
+    path = ""
+
     def __init__(self, endpoint, model, *, api_key=None, timeout=600.0, max_retries=8,
-                 retry_delay=1.0, max_retry_delay=60.0):
-        self.url = chat_completions_url(endpoint)
+                 retry_delay=1.0, max_retry_delay=60.0, max_retry_after=DEFAULT_MAX_RETRY_AFTER):
+        self.url = endpoint_url(endpoint, self.path)
         self.model = model
         self.timeout = timeout
         self.max_retries = max_retries
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
+        self.max_retry_after = max_retry_after
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -100,72 +141,114 @@ class ChatCompletionsClient:
         """Stop retrying: requests waiting for their next attempt raise `Cancelled`."""
         self._cancelled.set()
 
-    def sample(self, prompt, *, n, temperature, max_tokens=None):
-        """`n` completions of the user message `prompt`.
+    def sample(self, prompt, *, n, temperature, max_tokens=None, seed=None):
+        """`n` completions of `prompt` (temperature 0: greedy).
 
         Servers that return fewer choices than asked for (some ignore `n`) are asked again for
         the rest.
         """
         texts = []
         while len(texts) < n:
-            choices = self._complete(prompt, n - len(texts), temperature, max_tokens)
-            if not choices:
-                raise ServerError(f"{self.url} returned no choices")
-            texts.extend(choice_text(choice, self.url) for choice in choices[: n - len(texts)])
+            payload = {"model": self.model, **self.payload(prompt), "n": n - len(texts),
+                       "temperature": temperature}
+            if max_tokens is not None:
+                payload["max_tokens"] = max_tokens
+            if seed is not None:
+                payload["seed"] = seed + len(texts)
+            texts.extend(self._request(payload)[: n - len(texts)])
         return texts
 
-    def _complete(self, prompt, n, temperature, max_tokens):
-        payload = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "n": n,
-            "temperature": temperature,
-        }
-        if max_tokens is not None:
-            payload["max_tokens"] = max_tokens
-        response = self._post_with_retries(json.dumps(payload).encode("utf-8"))
-        choices = response.get("choices") if isinstance(response, dict) else None
-        if not isinstance(choices, list):
-            raise ServerError(f"{self.url} answered without a 'choices' list: {str(response)[:300]}")
-        return choices
+    def payload(self, prompt):
+        """The API's fields that carry the prompt."""
+        raise NotImplementedError
 
-    def _post_with_retries(self, body):
+    def text(self, choice):
+        """The completion text of one choice; MalformedReply when it has none."""
+        raise NotImplementedError
+
+    def _request(self, payload):
+        """The texts of the choices of one request, retried as the module docstring says."""
+        body = json.dumps(payload).encode("utf-8")
         for attempt in itertools.count():
             if self._cancelled.is_set():
                 raise Cancelled()
             try:
-                return self._post(body)
+                return self._texts(self._post(body))
             except RetryableError as error:
                 if attempt >= self.max_retries:
-                    raise ServerError(
-                        f"{self.url} still failing after {attempt + 1} attempts: {error}") from None
-                delay = backoff_delay(attempt, self.retry_delay, self.max_retry_delay, error.retry_after)
+                    raise error.final(self.url, attempt + 1) from None
+                delay = backoff_delay(attempt, self.retry_delay, self.max_retry_delay,
+                                      capped(error.retry_after, self.max_retry_after))
                 if self._cancelled.wait(delay):
                     raise Cancelled() from None
+
+    def _texts(self, raw):
+        try:
+            response = json.loads(raw)
+        except ValueError:
+            raise MalformedReply(f"{self.url} answered with something that is not JSON: {raw[:300]!r}") \
+                from None
+        choices = response.get("choices") if isinstance(response, dict) else None
+        if not isinstance(choices, list):
+            raise MalformedReply(f"{self.url} answered without a 'choices' list: {str(response)[:300]}")
+        if not choices:
+            raise MalformedReply(f"{self.url} returned no choices")
+        return [self.text(choice) for choice in choices]
 
     def _post(self, body):
         request = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
+                return response.read()
         except urllib.error.HTTPError as error:
             raise self._http_error(error) from None
         except (OSError, http.client.HTTPException) as error:
             # URLError (refused, DNS), timeouts, resets and truncated bodies: the server or the
             # network may recover.
             raise RetryableError(f"connection error: {getattr(error, 'reason', error)}") from None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise ServerError(f"{self.url} answered with something that is not JSON: {raw[:300]!r}") from None
 
     def _http_error(self, error):
         status = error.code
-        detail = read_error_body(error)
-        message = f"{self.url} answered HTTP {status} {error.reason}: {detail}"
+        message = f"{self.url} answered HTTP {status} {error.reason}: {read_error_body(error)}"
         if status == 429 or status >= 500:
             return RetryableError(message, parse_retry_after(error.headers.get("Retry-After")))
+        if status in QUESTION_STATUSES:
+            return QuestionError(message)
         return InputError(message)
+
+
+class ChatCompletionsClient(ServerClient):
+    """The chat-completions API: the prompt is one user message, the server applies the
+    model's chat template."""
+
+    path = "/chat/completions"
+
+    def payload(self, prompt):
+        return {"messages": [{"role": "user", "content": prompt}]}
+
+    def text(self, choice):
+        try:
+            content = choice["message"]["content"]
+        except (KeyError, TypeError):
+            raise MalformedReply(f"{self.url} returned a choice without message.content: "
+                                 f"{str(choice)[:300]}") from None
+        return content or ""
+
+
+class CompletionsClient(ServerClient):
+    """The completions API: the prompt is a text or a list of token ids, continued as it is
+    (no chat template)."""
+
+    path = "/completions"
+
+    def payload(self, prompt):
+        return {"prompt": prompt}
+
+    def text(self, choice):
+        text = choice.get("text") if isinstance(choice, dict) else None
+        if not isinstance(text, str):
+            raise MalformedReply(f"{self.url} returned a choice without text: {str(choice)[:300]}")
+        return text
 
 
 def read_error_body(error):
@@ -174,12 +257,3 @@ def read_error_body(error):
         return error.read(300).decode("utf-8", "replace").strip()
     except (OSError, http.client.HTTPException):
         return ""
-
-
-def choice_text(choice, url):
-    """The message text of one chat-completion choice."""
-    try:
-        content = choice["message"]["content"]
-    except (KeyError, TypeError):
-        raise ServerError(f"{url} returned a choice without message.content: {str(choice)[:300]}") from None
-    return content or ""

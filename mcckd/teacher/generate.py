@@ -14,25 +14,30 @@ asked again, and a torn last line (a crash mid-write) is cut off and its questio
 Questions are told apart by their ids (in the paper's layout, their position in INPUT).
 
 The server is retried with exponential backoff and jitter on connection errors, on 429 (at
-least as long as its Retry-After says) and on 5xx (`client.py`); any other 4xx stops the run
-with the server's message. The API key is read from an environment variable (`--api-key-env`, default
-OPENAI_API_KEY) and only ever sent in the Authorization header: never logged or written.
+least as long as its Retry-After says, up to `--max-retry-after`) and on 5xx (`client.py`).
+A question that fails for good (a 400, 413 or 422, or malformed replies after every retry) is
+written with its reason to the sidecar file OUT's stem + `.failures.jsonl` and the run goes on;
+a rerun skips it unless `--retry-failed` is given, and the last line of a run counts the
+failures. Other 4xx (a wrong key, model or URL) and a server still down after the retries stop
+the run; the answers already received are written first. The API key is read from an
+environment variable (`--api-key-env`, default OPENAI_API_KEY) and only ever sent in the
+Authorization header: never logged or written.
 """
-import os
 import sys
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from mcckd.arguments import non_negative_float, non_negative_int, positive_int
+from mcckd.arguments import non_negative_float, positive_int
 from mcckd.data.records import read_records
-from mcckd.data.resumable import append_line, finished_ids
+from mcckd.data.resumable import append_line, check_unique_ids, finished_ids
 from mcckd.data.tasks import add_task_arguments, resolve_task, task_from_args
 from mcckd.errors import InputError
 from mcckd.teacher.client import ChatCompletionsClient, ServerError
+from mcckd.teacher.options import add_server_arguments, failures_path, make_client
+from mcckd.teacher.pool import ask_all
 
 DEFAULT_PROMPT = (
     "Answer the question below. Think step by step and write out your reasoning, then finish "
@@ -61,15 +66,7 @@ def add_arguments(parser):
         help="prompt template file: {question} is replaced by the question, "
         "{answer_kind} by what the answer is (a number, a letter, yes or no; a task file's description)",
     )
-    server = parser.add_argument_group("server")
-    server.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight at once")
-    server.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                        help="environment variable that holds the API key (sent as a Bearer token)")
-    server.add_argument("--max-retries", type=non_negative_int, default=8, help="retries of one request")
-    server.add_argument("--retry-delay", type=non_negative_float, default=1.0,
-                        help="seconds before the first retry; doubles each time, with jitter")
-    server.add_argument("--timeout", type=non_negative_float, default=600.0,
-                        help="seconds to wait for a response (0: no limit)")
+    add_server_arguments(parser.add_argument_group("server"))
     local = parser.add_argument_group("local")
     local.add_argument("--batch-size", type=positive_int, default=8, help="questions per generate call")
     local.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -86,9 +83,11 @@ def run(args):
         raise InputError("--endpoint needs --model, the name of the model the server serves")
     if args.local and args.temperature == 0:
         raise InputError("--local samples: --temperature must be above 0")
-    done = finished_ids(args.out)
-    todo = [record for record in records if record.id not in done]
-    print(f"mcckd generate: {len(records) - len(todo)} of {len(records)} questions already in {args.out}",
+    done, failures = finished_ids(args.out), failures_path(args.out)
+    skipped = set() if args.retry_failed else finished_ids(failures) - done
+    todo = [record for record in records if record.id not in done and record.id not in skipped]
+    print(f"mcckd generate: {len(done)} of {len(records)} questions already in {args.out}"
+          + (f", {len(skipped)} failed before (--retry-failed asks them again)" if skipped else ""),
           file=sys.stderr)
     if not todo:
         return 0
@@ -98,38 +97,38 @@ def run(args):
         def write(record, rationales):
             append_line(handle, asdict(replace(record, rationales=rationales)))
 
-        progress = tqdm(
-            total=len(records), initial=len(records) - len(todo), desc="generate", unit="question"
-        )
+        def fail(record, reason):
+            with open(failures, "ab") as failed:  # rare: opened when needed
+                append_line(failed, {"id": record.id, "reason": reason})
+
+        progress = tqdm(total=len(records), initial=len(records) - len(todo), desc="generate",
+                        unit="question")
         with progress:
             try:
                 if args.local:
                     generate_local(args, todo, prompts, write, progress)
                 else:
-                    generate_remote(
-                        make_client(args),
-                        todo,
-                        prompts,
-                        write,
-                        progress,
-                        num_samples=args.num_samples,
-                        temperature=args.temperature,
-                        max_tokens=args.max_tokens,
-                        concurrency=args.concurrency,
-                    )
+                    generate_remote(make_client(args, ChatCompletionsClient), todo, prompts, write, fail,
+                                    progress, num_samples=args.num_samples, temperature=args.temperature,
+                                    max_tokens=args.max_tokens, concurrency=args.concurrency)
             except ServerError as error:
                 print(f"mcckd: error: {error}", file=sys.stderr)
+                report_failures(records, args.out, failures, todo)
                 return 1
-    return 0
+    return report_failures(records, args.out, failures, todo)
 
 
-def check_unique_ids(records, path):
-    """InputError when two records share an id: resuming tells questions apart by id."""
-    seen = set()
-    for record in records:
-        if record.id in seen:
-            raise InputError(f"{path}: two records have the id {record.id!r}")
-        seen.add(record.id)
+def report_failures(records, out, failures, todo):
+    """Print how many questions failed for good; the exit code: 1 when some did and none of
+    the questions asked got its answer, else 0."""
+    done = finished_ids(out)
+    failed = {record.id for record in records} & (finished_ids(failures) - done)
+    if not failed:
+        Path(failures).unlink(missing_ok=True)
+        return 0
+    print(f"mcckd generate: {len(done)} of {len(records)} questions in {out}; {len(failed)} failed for good "
+          f"(reasons in {failures}; --retry-failed asks them again)", file=sys.stderr)
+    return 0 if done & {record.id for record in todo} else 1
 
 
 def read_prompt(path):
@@ -154,61 +153,40 @@ def build_prompt(template, question, task):
     return template.replace("{answer_kind}", answer_kind).replace("{question}", question)
 
 
-def make_client(args):
-    """The server client described by the command line; the key comes from the environment."""
-    return ChatCompletionsClient(
-        args.endpoint, args.model, api_key=os.environ.get(args.api_key_env), timeout=args.timeout or None,
-        max_retries=args.max_retries, retry_delay=args.retry_delay,
-    )
-
-
-def generate_remote(client, records, prompts, write, progress, *, num_samples, temperature, max_tokens,
+def generate_remote(client, records, prompts, write, fail, progress, *, num_samples, temperature, max_tokens,
                     concurrency):
-    """Ask the server for every record's rationales, at most `concurrency` questions at a time.
+    """Ask the server for every record's rationales, at most `concurrency` questions at a time
+    (`pool.ask_all`).
 
-    `write(record, rationales)` runs on this thread as each question completes, so writes
-    never interleave. The first failure cancels the retries still waiting and is raised.
+    `write(record, rationales)` and `fail(record, reason)` run on this thread as each question
+    completes or fails for good, so writes never interleave.
     """
-    pending = iter(zip(records, prompts))
-    in_flight = {}
-    pool = ThreadPoolExecutor(max_workers=concurrency)
+    def ask(item):
+        return client.sample(item[1], n=num_samples, temperature=temperature, max_tokens=max_tokens)
 
-    def submit_next():
-        item = next(pending, None)
-        if item is not None:
-            record, prompt = item
-            future = pool.submit(
-                client.sample, prompt, n=num_samples, temperature=temperature, max_tokens=max_tokens
-            )
-            in_flight[future] = record
+    def answered(item, rationales):
+        write(item[0], rationales)
+        progress.update(1)
 
-    try:
-        for _ in range(concurrency):
-            submit_next()
-        while in_flight:
-            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in finished:
-                record = in_flight.pop(future)
-                write(record, future.result())
-                progress.update(1)
-                submit_next()
-    finally:
-        client.cancel()
-        pool.shutdown(wait=False, cancel_futures=True)
+    def failed(item, reason):
+        fail(item[0], reason)
+        progress.update(1)
+
+    ask_all(client, list(zip(records, prompts)), ask, concurrency=concurrency, on_answer=answered,
+            on_failure=failed)
 
 
 def generate_local(args, records, prompts, write, progress):
     """Sample every record's rationales from the transformers model `args.local`, a batch of
     questions at a time."""
     # transformers loads only for --local
-    from mcckd.evaluation.generation import generate_batches, greedy_config, padding_id
+    from mcckd.evaluation.generation import generate_batches, sampling_config
     from mcckd.models.loading import load_checkpoint, resolve_dtype
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_checkpoint(args.local, device=device, dtype=resolve_dtype("auto", device))
-    config = greedy_config(model, tokenizer, args.max_tokens, padding_id(tokenizer))
-    config.update(do_sample=True, temperature=args.temperature, top_k=0, top_p=1.0,
-                  num_return_sequences=args.num_samples)
+    config = sampling_config(model, tokenizer, args.max_tokens, num_samples=args.num_samples,
+                             temperature=args.temperature)
     prompt_ids = [local_prompt_ids(tokenizer, prompt) for prompt in prompts]
     torch.manual_seed(args.seed)
     with torch.inference_mode():

@@ -1,108 +1,26 @@
 """mcckd eval: a tiny student that memorised its answers gives a known accuracy."""
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+from memorised import CASES, EXPECTED_CORRECT, EXPECTED_EXTRACTED, tiny_llama, write_paper_layout
+from transformers import T5Config, T5ForConditionalGeneration
 
 from mcckd.cli import main
 from mcckd.data import Record, tokenize_record
-from mcckd.data.tokenize import encode, encode_prompt
+from mcckd.data.answers import extract_answer
+from mcckd.data.tokenize import encode_prompt
 from mcckd.evaluation.generation import generate_greedy
 from mcckd.evaluation.report import markdown_table
 from mcckd.evaluation.scoring import evaluate_model, predict
+from mcckd.evaluation.voting import majority_vote
 from mcckd.models.attention import attention_backend, set_attention_backend
 from mcckd.models.loading import load_checkpoint
 from mcckd.models.word_tokenizer import train_word_tokenizer
 from mcckd.training.checkpoint import save_checkpoint
 
 OFFICIAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "mcckd-official"
-
-# (question, gold answer, what the student learns to say): three right, one wrong, one with no
-# answer at all.
-CASES = [
-    ("What is 3 plus 4?", "7", "3 plus 4 is 7.", "7"),
-    ("What is 10 minus 2?", "8", "10 minus 2 is 8.", "8"),
-    ("How many legs has a cat?", "4", "A cat has four legs.", "4"),
-    ("What is 6 times 7?", "42", "6 times 7 is 40.", "40"),
-    ("How tall is the tree?", "5", None, None),
-]
-UNANSWERED = " I do not know."
-EXPECTED_EXTRACTED = ["7", "8", "4", "40", None]
-EXPECTED_CORRECT = [True, True, True, False, False]
-
-
-def tiny_llama(tokenizer, seed=0):
-    """A 2-layer, 64-wide Llama over the tokenizer's vocabulary."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return LlamaForCausalLM(config)
-
-
-def training_sequence(record, taught_rationale, taught_answer, tokenizer):
-    """(token ids, first target position) the student memorises for one question, built by the
-    data package."""
-    if taught_rationale is None:
-        tokenized = tokenize_record(replace(record, rationales=["-"]), tokenizer)[0].rationales[0]
-        prompt = tokenized.input_ids[:tokenized.target_start]
-        return prompt + encode(tokenizer, UNANSWERED) + [tokenizer.eos_token_id], len(prompt)
-    taught = replace(record, answer=taught_answer, rationales=[taught_rationale])
-    tokenized = tokenize_record(taught, tokenizer)[0].rationales[0]
-    return tokenized.input_ids, tokenized.target_start
-
-
-def memorise(model, sequences, pad_id, steps=200):
-    """Train `model` on the targets of (ids, target start) sequences, full-batch AdamW; the
-    final loss."""
-    width = max(len(ids) for ids, _ in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id)
-    labels = torch.full((len(sequences), width), -100)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, (ids, target_start) in enumerate(sequences):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        labels[row, target_start:len(ids)] = torch.tensor(ids[target_start:])
-        attention_mask[row, :len(ids)] = 1
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return loss.item()
-
-
-@pytest.fixture(scope="module")
-def memorised():
-    """(model, tokenizer, records, expected generations) of a student that learnt CASES."""
-    records = [
-        Record(f"svamp-{i}", "svamp", question, gold, []) for i, (question, gold, _, _) in enumerate(CASES)
-    ]
-    texts = [
-        f"Question: {q}\nAnswer: {r or UNANSWERED}\nTherefore, the answer is {a}." for q, _, r, a in CASES
-    ]
-    tokenizer = train_word_tokenizer(texts, vocab_size=320)
-    model = tiny_llama(tokenizer)
-    sequences = [training_sequence(record, rationale, answer, tokenizer)
-                 for record, (_, _, rationale, answer) in zip(records, CASES)]
-    assert memorise(model, sequences, tokenizer.pad_token_id) < 0.01
-    expected = [f" {rationale}\nTherefore, the answer is {answer}." if rationale else UNANSWERED
-                for _, _, rationale, answer in CASES]
-    return model.eval(), tokenizer, records, expected
-
-
-def write_paper_layout(path, records):
-    """The records as the paper's test files hold them: instruction, empty output, label."""
-    rows = [
-        {"instruction": record.question + "\n", "output": "", "label": record.answer} for record in records
-    ]
-    path.write_text(json.dumps(rows), encoding="utf-8")
 
 
 def test_memorised_student_gets_the_expected_accuracy(memorised):
@@ -281,3 +199,96 @@ def test_paper_test_file_is_read_with_its_labels(tmp_path):
     assert summary["n"] == len(raw) == 150
     assert summary["accuracy"] == sum(row["correct"] for row in rows) / 150
     assert summary["missing"] == sum(row["extracted"] is None for row in rows)
+
+
+def saved_student(memorised, folder):
+    model, tokenizer, records, _ = memorised
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def eval_argv(checkpoint, data, out, *extra):
+    return ["eval", "--model", str(checkpoint), "--data", str(data), "--task", "svamp", "--out", str(out),
+            "--batch-size", "2", "--max-new-tokens", "40", "--device", "cpu", *extra]
+
+
+def test_a_crashed_eval_keeps_its_batches_and_resumes(memorised, tmp_path, monkeypatch):
+    from mcckd.evaluation import scoring
+
+    checkpoint = saved_student(memorised, tmp_path / "student")
+    data = tmp_path / "test.json"
+    write_paper_layout(data, memorised[2])
+    whole, out = tmp_path / "whole", tmp_path / "eval"
+    assert main(eval_argv(checkpoint, data, whole)) == 0
+    real = scoring.generate_batches
+    generated = []
+
+    def dies_after_two_batches(model, tokenizer, prompts, config, *, batch_size):
+        batches = real(model, tokenizer, prompts, config, batch_size=batch_size)
+        for number, (indices, outputs) in enumerate(batches):
+            if number == 2:
+                raise KeyboardInterrupt  # a crash in the third batch
+            generated.extend(indices)
+            yield indices, outputs
+
+    monkeypatch.setattr(scoring, "generate_batches", dies_after_two_batches)
+    with pytest.raises(KeyboardInterrupt):
+        main(eval_argv(checkpoint, data, out))
+    kept = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(kept) == 4 and not (out / "summary.json").exists()  # both finished batches are on disk
+    generated.clear()
+    assert main(eval_argv(checkpoint, data, out)) == 0
+    assert len(generated) == 1  # only the question the crash lost
+    for name in ("predictions.jsonl", "summary.md"):
+        assert (out / name).read_text() == (whole / name).read_text()
+    assert main(eval_argv(checkpoint, data, out)) == 0 and len(generated) == 1  # done: nothing is asked
+
+
+def test_out_is_checked_before_the_model_loads(memorised, tmp_path, capsys):
+    data = tmp_path / "test.json"
+    write_paper_layout(data, memorised[2])
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    # no checkpoint there either: the --out error must come first
+    assert main(eval_argv(tmp_path / "missing", data, taken)) == 2
+    error = capsys.readouterr().err
+    assert "--out" in error and "not a folder" in error
+    checkpoint = saved_student(memorised, tmp_path / "student")
+    out = tmp_path / "eval"
+    assert main(eval_argv(checkpoint, data, out)) == 0
+    assert main(eval_argv(checkpoint, data, out, "--num-samples", "3", "--temperature", "1")) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_in_process_self_consistency_votes_over_samples(memorised, tmp_path):
+    checkpoint = saved_student(memorised, tmp_path / "student")
+    data = tmp_path / "test.json"
+    write_paper_layout(data, memorised[2])
+    out = tmp_path / "eval"
+    assert main(eval_argv(checkpoint, data, out, "--num-samples", "4", "--temperature", "1.5")) == 0
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert any(len(set(row["samples"])) > 1 for row in rows)
+    for row in rows:
+        assert len(row["samples"]) == 4
+        assert row["sample_answers"] == [extract_answer(text, "svamp", question=row["question"])
+                                         for text in row["samples"]]
+        assert row["extracted"] == majority_vote(row["sample_answers"], "svamp")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_samples"] == 4 and summary["correct"] == sum(row["correct"] for row in rows)
+
+
+def test_greedy_samples_are_refused(memorised, tmp_path, capsys):
+    data = tmp_path / "test.json"
+    write_paper_layout(data, memorised[2])
+    assert main(eval_argv(tmp_path, data, tmp_path / "eval", "--num-samples", "3")) == 2
+    assert "--temperature" in capsys.readouterr().err
+
+
+def test_tasks_pair_with_data_files(memorised, tmp_path, capsys):
+    data = tmp_path / "test.json"
+    write_paper_layout(data, memorised[2])
+    argv = ["eval", "--model", str(tmp_path), "--data", str(data), "--data", str(data), "--data", str(data),
+            "--task", "svamp", "--task", "gsm8k", "--out", str(tmp_path / "eval")]
+    assert main(argv) == 2
+    assert "3 --data, 2 tasks" in capsys.readouterr().err

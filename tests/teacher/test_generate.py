@@ -23,9 +23,10 @@ from mcckd.errors import InputError
 from mcckd.models.word_tokenizer import train_word_tokenizer
 from mcckd.teacher.client import (
     ChatCompletionsClient,
-    ServerError,
+    CompletionsClient,
+    QuestionError,
     backoff_delay,
-    chat_completions_url,
+    endpoint_url,
     parse_retry_after,
 )
 from mcckd.teacher.generate import local_prompt_ids
@@ -52,8 +53,10 @@ class Teacher(ThreadingHTTPServer):
     """A chat-completions server on 127.0.0.1 that answers item i with 2i.
 
     failures[i] lists what the next requests for item i get before a success: an HTTP status,
-    (status, Retry-After), or "drop" (the connection closes without a response). Items in
-    `held` wait for `gate` before their successful answer. At most `max_choices` choices per
+    (status, Retry-After), "drop" (the connection closes without a response), "truncated" (a
+    200 whose JSON body is cut short) or "empty" (a 200 with an empty `choices`). Items in
+    `held` wait for `gate` before their successful answer; an error sent to an item of
+    `gate_openers` opens the gate half a second later. At most `max_choices` choices per
     response. Every request is logged with the phase it arrived in.
     """
 
@@ -66,6 +69,7 @@ class Teacher(ThreadingHTTPServer):
         self.failures = {}
         self.held = set()
         self.gate = threading.Event()
+        self.gate_openers = set()
         self.phase = 1
         self.max_choices = None
         self.delay = 0.0
@@ -124,9 +128,17 @@ class TeacherHandler(BaseHTTPRequestHandler):
         if action == "drop":
             self.close_connection = True
             return
+        if action == "truncated":
+            self.send_json(200, {"id": "chatcmpl-test", "choices": [{"index": 0, "message": {}}]}, cut=20)
+            return
+        if action == "empty":
+            self.send_json(200, {"id": "chatcmpl-test", "object": "chat.completion", "choices": []})
+            return
         if action != 200:
             status, retry_after = action if isinstance(action, tuple) else (action, None)
             self.send_json(status, {"error": {"message": f"injected {status}"}}, retry_after)
+            if item in server.gate_openers:  # once the client has surely read the error
+                threading.Timer(0.5, server.gate.set).start()
             return
         if item in server.held:
             server.gate.wait(timeout=60)
@@ -141,8 +153,8 @@ class TeacherHandler(BaseHTTPRequestHandler):
             for k in range(count)]
         self.send_json(200, {"id": "chatcmpl-test", "object": "chat.completion", "choices": choices})
 
-    def send_json(self, status, payload, retry_after=None):
-        data = json.dumps(payload).encode()
+    def send_json(self, status, payload, retry_after=None, cut=None):
+        data = json.dumps(payload).encode()[:cut]
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -355,17 +367,27 @@ def test_retry_after_header_forms():
 
 
 def test_endpoint_forms():
-    assert chat_completions_url("http://h:8000/v1/") == "http://h:8000/v1/chat/completions"
-    assert chat_completions_url("https://h/v1/chat/completions") == "https://h/v1/chat/completions"
+    assert endpoint_url("http://h:8000/v1/", "/chat/completions") == "http://h:8000/v1/chat/completions"
+    assert endpoint_url("https://h/v1/chat/completions", "/chat/completions") == "https://h/v1/chat/completions"
+    assert endpoint_url("https://h/v1/chat/completions", "/completions") == "https://h/v1/completions"
+    assert CompletionsClient("http://h/v1/completions", "m").url == "http://h/v1/completions"
     with pytest.raises(InputError, match="--endpoint"):
-        chat_completions_url("h:8000/v1")
+        endpoint_url("h:8000/v1", "/completions")
 
 
-def test_reply_without_choices_is_a_server_error(teacher):
-    client = ChatCompletionsClient(teacher.url, "teacher", retry_delay=0.001)
+def test_a_reply_without_choices_is_retried_then_fails_the_question(teacher):
+    client = ChatCompletionsClient(teacher.url, "teacher", retry_delay=0.001, max_retries=2)
     teacher.max_choices = 0
-    with pytest.raises(ServerError, match="no choices"):
+    with pytest.raises(QuestionError, match="malformed reply after 3 attempts: .*no choices"):
         client.sample(question(0), n=1, temperature=1.0)
+    assert teacher.statuses(0) == [200, 200, 200]
+
+
+def test_malformed_replies_are_retried_until_one_is_whole(teacher):
+    teacher.failures = {0: ["truncated", "empty"]}
+    client = ChatCompletionsClient(teacher.url, "teacher", retry_delay=0.001)
+    assert client.sample(question(0), n=2, temperature=1.0)[0].endswith("the answer is 0.")
+    assert teacher.statuses(0) == ["truncated", "empty", 200]
 
 
 def test_local_model_writes_n_rationales_per_question(tmp_path):
@@ -414,3 +436,66 @@ def test_a_task_of_ones_own_names_its_answer_in_the_prompt(teacher, tmp_path, mo
     assert all("where X is the number of apples." in entry["prompt"] for entry in teacher.log)
     written = sorted((record["id"], record["task"], len(record["rationales"])) for record in read_lines(out))
     assert written == [("a-0", "apples", 3), ("a-1", "apples", 3)]
+
+
+def failures_of(out):
+    return read_lines(out.with_name(out.stem + ".failures.jsonl"))
+
+
+@pytest.mark.parametrize("fault", [400, "truncated", "empty"])
+def test_a_question_that_always_fails_does_not_block_the_others(teacher, tmp_path, capsys, fault):
+    source, out = tmp_path / "questions.jsonl", tmp_path / "rationales.jsonl"
+    write_questions(source, 30)
+    teacher.failures = {7: [fault] * 10}
+    argv = generate_argv(source, out, teacher.url, "--max-retries", "2")
+    assert main(argv) == 0
+    written = sorted(record["id"] for record in read_lines(out))
+    assert written == sorted(f"svamp-{i}" for i in range(30) if i != 7)
+    (failure,) = failures_of(out)
+    assert failure["id"] == "svamp-7"
+    assert ("HTTP 400" in failure["reason"] and "injected 400" in failure["reason"]) if fault == 400 \
+        else "malformed reply after 3 attempts" in failure["reason"]
+    assert teacher.statuses(7) == [fault] * (1 if fault == 400 else 3)
+    assert "29 of 30 questions in" in capsys.readouterr().err.splitlines()[-1]
+
+    teacher.phase = 2
+    assert main(argv) == 0  # a rerun skips it
+    assert teacher.items_asked(2) == set()
+    assert "1 failed before (--retry-failed asks them again)" in capsys.readouterr().err
+    teacher.phase, teacher.failures = 3, {}
+    assert main([*argv, "--retry-failed"]) == 0
+    assert teacher.items_asked(3) == {7}
+    assert sorted(record["id"] for record in read_lines(out)) == sorted(f"svamp-{i}" for i in range(30))
+    assert not out.with_name("rationales.failures.jsonl").exists()
+
+
+def test_a_run_where_every_question_fails_exits_with_an_error(teacher, tmp_path):
+    source, out = tmp_path / "questions.jsonl", tmp_path / "rationales.jsonl"
+    write_questions(source, 3)
+    teacher.failures = {i: [422] for i in range(3)}
+    assert main(generate_argv(source, out, teacher.url)) == 1
+    assert read_lines(out) == [] and len(failures_of(out)) == 3
+
+
+def test_answers_in_flight_are_kept_when_the_run_stops(teacher, tmp_path, capsys):
+    source, out = tmp_path / "questions.jsonl", tmp_path / "rationales.jsonl"
+    write_questions(source, 6)
+    teacher.held = {1, 2}  # answered only once the 401 of question 0 has been sent
+    teacher.failures = {0: [401]}
+    teacher.gate_openers = {0}
+    assert main(generate_argv(source, out, teacher.url, "--concurrency", "3")) == 2
+    assert "HTTP 401" in capsys.readouterr().err
+    assert sorted(record["id"] for record in read_lines(out)) == ["svamp-1", "svamp-2"]
+    assert teacher.items_asked(1) == {0, 1, 2}  # nothing new was sent after the 401
+
+
+def test_retry_after_is_capped(teacher, tmp_path):
+    source, out = tmp_path / "questions.jsonl", tmp_path / "rationales.jsonl"
+    write_questions(source, 1)
+    teacher.failures = {0: [(429, 3600)]}
+    started = time.monotonic()
+    assert main(generate_argv(source, out, teacher.url, "--max-retry-after", "0.5")) == 0
+    assert time.monotonic() - started < 30
+    first, second = (entry["time"] for entry in teacher.log)
+    assert 0.5 <= second - first < 10
+    assert len(read_lines(out)) == 1
