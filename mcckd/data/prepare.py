@@ -3,15 +3,15 @@
     mcckd prepare INPUT (--task TASK | --task-file TASK.yaml) --k K --out OUT.jsonl
                   [--think keep|unwrap|strip] [--dropped DROPPED.jsonl] [--ngram 3]
 
-Reads INPUT (either layout, see records.py), keeps for each question the rationales that reach
-the gold answer (read by the task's rules, tasks.py), keeps of each think block what `--think`
-says (reasoning.py), drops exact and near duplicates, chooses the K most diverse, writes
-canonical records and prints a report: questions read and kept, what was dropped and why, a
-histogram of rationales per question, and the mean pairwise similarity before and after the
-choice. `--dropped` writes one JSON line per rationale left out: the record's id, the
-rationale's position among the record's non-empty rationales, the reason, the answer read out
-of it (null when none), the gold answer, the position of the one it repeats (duplicates), the
-text.
+Reads INPUT (any layout and input format, see records.py and sources.py), keeps for each
+question the rationales that reach the gold answer (read by the task's rules, tasks.py), keeps
+of each think block what `--think` says (reasoning.py), drops exact and near duplicates,
+chooses the K most diverse, writes canonical records and prints a report: questions read and
+kept, what was dropped and why, a histogram of rationales per question, and the mean pairwise
+similarity before and after the choice. `--dropped` writes one JSON line per rationale left
+out: the record's id, the rationale's position among the record's non-empty rationales, the
+reason, the answer read out of it (null when none), the gold answer, the position of the one
+it repeats (duplicates), the text.
 """
 import sys
 import time
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from tqdm import tqdm
 
 from mcckd.arguments import positive_int, unit_fraction
+from mcckd.data.input_options import add_input_arguments, input_fields
 from mcckd.data.reasoning import THINK_MODES
 from mcckd.data.records import read_records, write_json_lines, write_records
 from mcckd.data.select import DROP_REASONS, select_rationales
@@ -124,9 +125,8 @@ def prepare_records(
 
 def add_arguments(parser):
     """The options of `mcckd prepare`."""
-    parser.add_argument(
-        "input", metavar="INPUT", help="teacher rationales: JSON array or JSON lines, .gz too"
-    )
+    parser.add_argument("input", metavar="INPUT", help="teacher rationales: JSON array or JSON lines "
+                                                       "(.gz too), CSV, parquet, a dataset")
     add_task_arguments(parser)
     parser.add_argument("--k", required=True, type=positive_int, help="rationales to keep per question")
     parser.add_argument("--out", required=True, metavar="OUT.jsonl", help="where the canonical records go")
@@ -147,13 +147,14 @@ def add_arguments(parser):
     parser.add_argument("--dropped", metavar="DROPPED.jsonl",
                         help="also write each rationale left out, with the reason and the answer read "
                              "out of it, one JSON line each")
+    add_input_arguments(parser)
 
 
 def run(args):
     """Read, select, write, report; returns the exit code."""
     started = time.perf_counter()
     task = task_from_args(args)
-    records = read_records(args.input, task)
+    records = read_records(args.input, task, fields=input_fields(args), split=args.split)
     dropped = []
     kept, report = prepare_records(
         records, args.k, task=task, think=args.think, ngram=args.ngram, near_duplicate=args.near_duplicate,

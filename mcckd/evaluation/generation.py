@@ -15,9 +15,11 @@ def generation_attention(model):
     return transformers_attention(model) if attention_backend(model) else contextlib.nullcontext()
 
 
-def generate_greedy(model, tokenizer, prompts, *, batch_size=16, max_new_tokens=256, progress=False):
-    """The greedy continuation of each token-id prompt, decoded without special tokens, in order."""
-    config = greedy_config(model, tokenizer, max_new_tokens, padding_id(tokenizer))
+def generate_greedy(model, tokenizer, prompts, *, batch_size=16, max_new_tokens=256, progress=False,
+                    stop_ids=()):
+    """The greedy continuation of each token-id prompt, decoded without special tokens, in order;
+    `stop_ids` end generation as EOS does (a chat template's end of turn)."""
+    config = greedy_config(model, tokenizer, max_new_tokens, padding_id(tokenizer), stop_ids=stop_ids)
     texts = [None] * len(prompts)
     with tqdm(total=len(prompts), desc="eval", unit="question", disable=not progress) as bar:
         for indices, outputs in generate_batches(model, tokenizer, prompts, config, batch_size=batch_size):
@@ -61,12 +63,13 @@ def padding_id(tokenizer):
     return 0
 
 
-def greedy_config(model, tokenizer, max_new_tokens, pad_id):
-    """Greedy decoding with a KV cache, stopping at the tokenizer's or the model's EOS.
+def greedy_config(model, tokenizer, max_new_tokens, pad_id, *, stop_ids=()):
+    """Greedy decoding with a KV cache, stopping at the tokenizer's or the model's EOS, or at
+    one of `stop_ids`.
 
     A fresh config rather than the model's: a checkpoint's sampling defaults must not apply.
     """
-    stop = [tokenizer.eos_token_id, *as_list(model.generation_config.eos_token_id)]
+    stop = [tokenizer.eos_token_id, *as_list(model.generation_config.eos_token_id), *stop_ids]
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,

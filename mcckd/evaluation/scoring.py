@@ -2,12 +2,13 @@
 import torch
 
 from mcckd.data.answers import answers_match, extract_answer
+from mcckd.data.prompts import PLAIN, bind_format
 from mcckd.data.tasks import resolve_task
-from mcckd.data.tokenize import encode_prompt
 from mcckd.evaluation.generation import generate_greedy, generation_attention
 
 
-def evaluate_model(model, tokenizer, records, task, *, batch_size=16, max_new_tokens=256, progress=False):
+def evaluate_model(model, tokenizer, records, task, *, batch_size=16, max_new_tokens=256, progress=False,
+                   prompt_format=PLAIN):
     """The accuracy summary {"task", "n", "correct", "accuracy", "missing"} of `model` on
     `records`, answered greedily.
 
@@ -15,26 +16,26 @@ def evaluate_model(model, tokenizer, records, task, *, batch_size=16, max_new_to
     wrapped or not. Its train/eval mode and its attention backend are as before afterwards.
     """
     rows = predict(model, tokenizer, records, task, batch_size=batch_size,
-                   max_new_tokens=max_new_tokens, progress=progress)
+                   max_new_tokens=max_new_tokens, progress=progress, prompt_format=prompt_format)
     return summarize(rows, task)
 
 
-def predict(model, tokenizer, records, task, *, batch_size=16, max_new_tokens=256, progress=False):
+def predict(model, tokenizer, records, task, *, batch_size=16, max_new_tokens=256, progress=False,
+            prompt_format=PLAIN):
     """One row per record: id, question, gold, generated, extracted, correct; `task` is a task
     name, a Task or a task mapping (`mcckd.data.tasks`)."""
     if not records:
         raise ValueError("records: nothing to evaluate")
     task = resolve_task(task)  # an unknown task fails now, not after the generation
-    encoder_decoder = model.config.is_encoder_decoder
-    prompts = [
-        encode_prompt(tokenizer, record.question, encoder_decoder=encoder_decoder) for record in records
-    ]
+    bound = bind_format(tokenizer, prompt_format, encoder_decoder=model.config.is_encoder_decoder)
+    prompts = [bound.prompt_ids(record.question) for record in records]
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), generation_attention(model):
             texts = generate_greedy(model, tokenizer, prompts, batch_size=batch_size,
-                                    max_new_tokens=max_new_tokens, progress=progress)
+                                    max_new_tokens=max_new_tokens, progress=progress,
+                                    stop_ids=bound.stop_ids)
     finally:
         model.train(was_training)
     return [prediction_row(record, text, task) for record, text in zip(records, texts)]
