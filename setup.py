@@ -22,6 +22,7 @@ setup(
         "tokenizers>=0.20",
         "safetensors>=0.4",
         "peft>=0.13",
+        "datasets>=3.0",
         "pyyaml>=6.0",
         "tqdm>=4.66",
         "tensorboard>=2.15",

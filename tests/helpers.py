@@ -76,3 +76,103 @@ def rounded_to(inputs, dtype):
     inputs for a float64 ground truth)."""
     return {key: value.to(dtype).double() if value is not None and value.is_floating_point() else value
             for key, value in inputs.items()}
+
+
+# Chat templates in three public styles, written for the tests (nothing can be downloaded):
+# ChatML (Qwen), Llama-3 headers and Mistral's [INST], plus a ChatML variant whose assistant turn
+# opens with an empty think block the generation prompt does not write (as reasoning models'
+# templates do). name -> (template, its special tokens, the end of turn after a reply).
+CHAT_TEMPLATES = {
+    "chatml": (
+        "{%- if messages[0]['role'] == 'system' %}"
+        "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+        "{%- else %}{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{%- endif %}"
+        "{%- for message in messages if message['role'] != 'system' %}"
+        "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}",
+        ["<|im_start|>", "<|im_end|>"],
+        "<|im_end|>\n",
+    ),
+    "llama3": (
+        "{{- bos_token }}"
+        "{%- for message in messages %}"
+        "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
+        " + '<|eot_id|>' }}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}"
+        "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}",
+        ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        "<|eot_id|>",
+    ),
+    "mistral": (
+        "{{- bos_token }}"
+        "{%- for message in messages %}"
+        "{%- if message['role'] == 'user' %}{{- '[INST] ' + message['content'] + ' [/INST]' }}"
+        "{%- elif message['role'] == 'assistant' %}{{- message['content'] + eos_token }}"
+        "{%- else %}{{- raise_exception('Only user and assistant roles are supported!') }}{%- endif %}"
+        "{%- endfor %}",
+        ["[INST]", "[/INST]"],
+        "</s>",
+    ),
+    "chatml-think": (
+        "{%- for message in messages %}"
+        "{%- if message['role'] == 'assistant' %}"
+        "{{- '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{%- else %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{%- endif %}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}",
+        ["<|im_start|>", "<|im_end|>", "<think>", "</think>"],
+        "<|im_end|>\n",
+    ),
+}
+
+
+def chat_tokenizer(style, texts, vocab_size=400):
+    """A BPE tokenizer trained on `texts` with the special tokens and chat template of `style`."""
+    from tokenizers import AddedToken
+
+    from mcckd.models.word_tokenizer import train_word_tokenizer
+
+    template, special_tokens, _ = CHAT_TEMPLATES[style]
+    tokenizer = train_word_tokenizer([*texts, "system user assistant helpful"], vocab_size=vocab_size)
+    if style == "llama3":  # as Llama 3's tokenizer has them: added tokens marked special, not named
+        tokenizer.add_tokens([AddedToken(token, special=True) for token in special_tokens])
+    else:
+        tokenizer.add_special_tokens({"additional_special_tokens": special_tokens})
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def tiny_llama(tokenizer, seed=0):
+    """A 2-layer, 64-wide Llama over the tokenizer's vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def memorise(model, sequences, pad_id, steps=200):
+    """Train `model` on the targets of (ids, target start) sequences, full-batch AdamW; the
+    final loss."""
+    width = max(len(ids) for ids, _ in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id)
+    labels = torch.full((len(sequences), width), -100)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, (ids, target_start) in enumerate(sequences):
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        labels[row, target_start:len(ids)] = torch.tensor(ids[target_start:])
+        attention_mask[row, :len(ids)] = 1
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return loss.item()

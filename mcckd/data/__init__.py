@@ -6,25 +6,26 @@ the last two.
 from mcckd.data.answers import TASKS, answers_match, extract_answer, normalize_answer
 from mcckd.data.packing import IGNORE_INDEX, PackedBatch, TokenBudgetBatchSampler, pack_questions
 from mcckd.data.prepare import PrepareReport, prepare_records
+from mcckd.data.prompts import FORMATS, PromptFormat, bind_format
 from mcckd.data.records import Record, read_records, write_records
 from mcckd.data.select import Drop, Selection, select_diverse, select_rationales
 from mcckd.data.tasks import Task, load_task_file, resolve_task
 from mcckd.data.tokenize import (
-    PromptTemplate,
     TokenizedQuestion,
     TokenizedRationale,
-    prompt_ids,
+    encode_prompt,
     tokenize_record,
     tokenize_records,
 )
 
 __all__ = [
+    "FORMATS",
     "IGNORE_INDEX",
     "TASKS",
     "Drop",
     "PackedBatch",
     "PrepareReport",
-    "PromptTemplate",
+    "PromptFormat",
     "Record",
     "Selection",
     "Task",
@@ -32,12 +33,13 @@ __all__ = [
     "TokenizedQuestion",
     "TokenizedRationale",
     "answers_match",
+    "bind_format",
+    "encode_prompt",
     "extract_answer",
     "load_task_file",
     "normalize_answer",
     "pack_questions",
     "prepare_records",
-    "prompt_ids",
     "read_records",
     "resolve_task",
     "select_diverse",

@@ -1,17 +1,21 @@
 """`mcckd prepare`: raw teacher rationales in, the K most diverse correct ones per question out.
 
     mcckd prepare INPUT (--task TASK | --task-file TASK.yaml) --k K --out OUT.jsonl
-                  [--think keep|unwrap|strip] [--dropped DROPPED.jsonl] [--ngram 3]
+                  [--think keep|unwrap|strip] [--dropped DROPPED.jsonl] [--ngram 3] [--skip-invalid]
 
-Reads INPUT (either layout, see records.py), keeps for each question the rationales that reach
-the gold answer (read by the task's rules, tasks.py), keeps of each think block what `--think`
-says (reasoning.py), drops exact and near duplicates, chooses the K most diverse, writes
-canonical records and prints a report: questions read and kept, what was dropped and why, a
-histogram of rationales per question, and the mean pairwise similarity before and after the
-choice. `--dropped` writes one JSON line per rationale left out: the record's id, the
-rationale's position among the record's non-empty rationales, the reason, the answer read out
-of it (null when none), the gold answer, the position of the one it repeats (duplicates), the
-text.
+Reads INPUT (any layout and input format, see records.py and sources.py), keeps for each
+question the rationales that reach the gold answer (read by the task's rules, tasks.py), keeps
+of each think block what `--think` says (reasoning.py), drops exact and near duplicates,
+chooses the K most diverse, writes canonical records and prints a report: questions read and
+kept, what was dropped and why, a histogram of rationales per question, and the mean pairwise
+similarity before and after the choice. `--dropped` writes one JSON line per rationale left
+out: the record's id, the rationale's position among the record's non-empty rationales, the
+reason, the answer read out of it (null when none), the gold answer, the position of the one
+it repeats (duplicates), the text.
+
+The input is refused, naming the line (or row), when it is empty, when a record is invalid,
+has no rationales, or repeats an earlier record's id; with --skip-invalid such records are
+skipped instead, each reported with its line and reason.
 """
 import sys
 import time
@@ -21,8 +25,9 @@ from dataclasses import dataclass, field, replace
 from tqdm import tqdm
 
 from mcckd.arguments import positive_int, unit_fraction
+from mcckd.data.input_options import add_input_arguments, input_fields
 from mcckd.data.reasoning import THINK_MODES
-from mcckd.data.records import read_records, write_json_lines, write_records
+from mcckd.data.records import iter_records, write_json_lines, write_records
 from mcckd.data.select import DROP_REASONS, select_rationales
 from mcckd.data.tasks import add_task_arguments, task_from_args
 from mcckd.errors import InputError
@@ -124,9 +129,8 @@ def prepare_records(
 
 def add_arguments(parser):
     """The options of `mcckd prepare`."""
-    parser.add_argument(
-        "input", metavar="INPUT", help="teacher rationales: JSON array or JSON lines, .gz too"
-    )
+    parser.add_argument("input", metavar="INPUT", help="teacher rationales: JSON array or JSON lines "
+                                                       "(.gz too), CSV, parquet, a dataset")
     add_task_arguments(parser)
     parser.add_argument("--k", required=True, type=positive_int, help="rationales to keep per question")
     parser.add_argument("--out", required=True, metavar="OUT.jsonl", help="where the canonical records go")
@@ -147,13 +151,47 @@ def add_arguments(parser):
     parser.add_argument("--dropped", metavar="DROPPED.jsonl",
                         help="also write each rationale left out, with the reason and the answer read "
                              "out of it, one JSON line each")
+    parser.add_argument("--skip-invalid", action="store_true",
+                        help="skip invalid records, those without rationales and repeated ids, "
+                             "reporting each, instead of stopping at the first")
+    add_input_arguments(parser)
+
+
+def read_input(args, task):
+    """The valid records of INPUT and the (where, reason) of those skipped (--skip-invalid).
+
+    InputError naming the line (or row) for an invalid record, one without rationales, or an id
+    already used, unless --skip-invalid; InputError for an input with no (valid) records.
+    """
+    skipped, records, first_seen = [], [], {}
+
+    def refuse(where, reason):
+        if not args.skip_invalid:
+            raise InputError(f"{where}: {reason} (--skip-invalid skips such records)")
+        skipped.append((where, reason))
+
+    for where, record in iter_records(args.input, task, fields=input_fields(args), split=args.split,
+                                      skip=refuse):
+        if not record.rationales:
+            refuse(where, "the record has no rationales")
+        elif record.id in first_seen:
+            refuse(where, f"the id {record.id!r} is already used at {first_seen[record.id]}")
+        else:
+            first_seen[record.id] = where
+            records.append(record)
+    if not records:
+        raise InputError(f"{args.input}: no records (the input is empty)" if not skipped else
+                         f"{args.input}: no valid records ({len(skipped)} skipped)")
+    return records, skipped
 
 
 def run(args):
     """Read, select, write, report; returns the exit code."""
     started = time.perf_counter()
     task = task_from_args(args)
-    records = read_records(args.input, task)
+    records, skipped = read_input(args, task)
+    for where, reason in skipped:
+        print(f"mcckd prepare: skipped {where}: {reason}", file=sys.stderr)
     dropped = []
     kept, report = prepare_records(
         records, args.k, task=task, think=args.think, ngram=args.ngram, near_duplicate=args.near_duplicate,
@@ -164,6 +202,8 @@ def run(args):
     if args.dropped:
         write_output(args.dropped, write_json_lines, dropped)
     print(f"{args.input} -> {args.out}" + (f" (dropped: {args.dropped})" if args.dropped else ""))
+    if skipped:
+        print(f"skipped {len(skipped)} invalid records (--skip-invalid; each with its reason on stderr)")
     print(report.format())
     print(f"took {time.perf_counter() - started:.1f} s")
     return 0

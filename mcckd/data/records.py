@@ -1,16 +1,21 @@
 """Records: one question, its gold answer and the teacher's rationales; reading and writing them.
 
-Two layouts are read, as a JSON array or as JSON lines, plain or gzip-compressed (`.gz`):
+Records are read from JSON arrays, JSON lines (`.gz` too), CSV, parquet and `datasets` datasets
+(`mcckd.data.sources`), in three layouts:
 
     canonical: {"id": "svamp-12", "task": "svamp", "question": "...", "answer": "32",
                 "rationales": ["...", "..."]}
     the paper's: {"instruction": "...", "output": "..." | ["...", ...], "label": "32"}
+    GSM8K's:   {"question": "...", "answer": "... worked solution ...\n#### 72"}
 
-Records of the paper's layout take the task given to `read_records` and the id
-"{task}-{index}". A record names its task; a built-in name resolves by itself, a task of the
-user's own (tasks.py) must be given to `read_records`. Gold answers are normalised as
-`extract_answer` normalises its output (`1,200` -> `1200`, `c` -> `C`). Errors name the file and
-the line where the record starts.
+or in any other, its fields named (`Fields`: --question-field, --answer-field,
+--rationales-field). An answer with "####" is GSM8K's: the gold answer is what follows the last
+"####" (the worked solution before it is not a rationale). A record without an id takes
+"{task}-{index}". A record names its task, or takes the one given to `read_records`; a built-in
+name resolves by itself, a task of the user's own (tasks.py) must be given to `read_records`.
+Rationales may be a single string (the paper's "output"; a table's cell, which may also hold a
+JSON array of strings). Gold answers are normalised as `extract_answer` normalises its output
+(`1,200` -> `1200`, `c` -> `C`). Errors name the file and the line (or the row) of the record.
 """
 import gzip
 import json
@@ -20,8 +25,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mcckd.data.answers import normalize_answer
+from mcckd.data.sources import is_tabular, iter_rows
 from mcckd.data.tasks import BUILTIN_TASKS, TASKS, resolve_task
 from mcckd.errors import InputError
+
+# (question, answer, rationales) field names of the layouts recognised without a mapping
+LAYOUTS = (("question", "answer", "rationales"), ("instruction", "label", "output"))
+GSM8K_MARK = "####"
 
 
 @dataclass
@@ -35,19 +45,44 @@ class Record:
     rationales: list[str] = field(default_factory=list)
 
 
-def read_records(path, task=None):
-    """All records of a JSON array or JSON-lines file (`.gz` too); InputError on bad input.
+@dataclass(frozen=True)
+class Fields:
+    """The names of a record's fields in an input of another layout; None: the layout's own."""
+
+    question: str | None = None
+    answer: str | None = None
+    rationales: str | None = None
+
+
+def read_records(path, task=None, *, fields=Fields(), split=None):
+    """All records of an input (`mcckd.data.sources`); InputError on bad or empty input.
 
     `task` (a name, a Task or a task mapping, see tasks.py) is the task of records that carry
-    none (the paper's layout); a record whose own task differs from it is an error.
+    none (the paper's layout); a record whose own task differs from it is an error. `fields`
+    maps the fields of another layout, `split` chooses the split of a dataset.
+    """
+    records = [record for _, record in iter_records(path, task, fields=fields, split=split)]
+    if not records:
+        raise InputError(f"{path}: no records (the input is empty)")
+    return records
+
+
+def iter_records(path, task=None, *, fields=Fields(), split=None, skip=None):
+    """(where, Record) for each record of an input, where naming its file and line or row.
+
+    An invalid record raises InputError, or with `skip`, is passed over after a call
+    skip(where, reason). The input itself must be readable either way.
     """
     if task is not None:
         task = resolve_task(task, str(path))
-    text = read_text(path)
-    records = []
-    for index, (line, value) in enumerate(iter_json_values(text, path)):
-        records.append(parse_record(value, index, task, f"{path}:{line}"))
-    return records
+    tabular = is_tabular(path)
+    for index, (where, value) in enumerate(iter_rows(path, split)):
+        try:
+            yield where, parse_record(value, index, task, where, fields=fields, tabular=tabular)
+        except InputError as error:
+            if skip is None:
+                raise
+            skip(where, str(error).removeprefix(f"{where}: "))
 
 
 def write_records(path, records):
@@ -83,84 +118,18 @@ def current_umask():
     return mask
 
 
-def read_text(path):
-    """The file's text, decompressed when it ends in `.gz`."""
-    try:
-        if str(path).endswith(".gz"):
-            with gzip.open(path, "rt", encoding="utf-8") as handle:
-                return handle.read()
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, EOFError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: cannot read: {error}") from error
+def parse_record(value, index, task, where, *, fields=Fields(), tabular=False):
+    """A Record from one row of any layout; InputError prefixed with `where`.
 
-
-def iter_json_values(text, path):
-    """(line, value) for each element of a JSON array, or each non-blank line of JSON lines."""
-    body = text.lstrip()
-    if body.startswith("["):
-        yield from iter_json_array(text, path)
-        return
-    # Only "\n" ends a JSON line: str.splitlines would also split at U+2028 and the like,
-    # which JSON strings may hold unescaped.
-    for line, raw in enumerate(text.split("\n"), start=1):
-        if raw.strip():
-            try:
-                yield line, json.loads(raw)
-            except json.JSONDecodeError as error:
-                raise InputError(f"{path}:{line}: invalid JSON: {error.msg} (column {error.colno})") from None
-
-
-def iter_json_array(text, path):
-    """(line, value) for each element of the JSON array in `text`, the line where it starts."""
-    decoder = json.JSONDecoder()
-    position = skip_space(text, text.index("[") + 1)
-    line, counted_to = 1, 0
-    while position < len(text) and text[position] != "]":
-        try:
-            value, end = decoder.raw_decode(text, position)
-        except json.JSONDecodeError as error:
-            raise InputError(
-                f"{path}:{error.lineno}: invalid JSON: {error.msg} (column {error.colno})"
-            ) from None
-        line += text.count("\n", counted_to, position)
-        counted_to = position
-        yield line, value
-        position = skip_space(text, end)
-        if position < len(text) and text[position] == ",":
-            position = skip_space(text, position + 1)
-        elif position >= len(text) or text[position] != "]":
-            raise InputError(
-                f"{path}:{line_of(text, position)}: invalid JSON: expected ',' or ']' after a record"
-            )
-    if position >= len(text):
-        raise InputError(f"{path}:{line_of(text, position)}: invalid JSON: the array is not closed")
-    if text[position + 1:].strip():
-        raise InputError(f"{path}:{line_of(text, position + 1)}: invalid JSON: text after the array")
-
-
-def skip_space(text, position):
-    """The first position at or after `position` that is not JSON whitespace."""
-    while position < len(text) and text[position] in " \t\r\n":
-        position += 1
-    return position
-
-
-def line_of(text, position):
-    """The 1-based line number of `position` in `text`."""
-    return text.count("\n", 0, position) + 1
-
-
-def parse_record(value, index, task, where):
-    """A Record from one JSON value of either layout; InputError prefixed with `where`."""
+    `tabular`: the row is a table's, whose rationales cell is text (one rationale, or a JSON
+    array of them).
+    """
     if not isinstance(value, dict):
         raise InputError(f"{where}: expected a JSON object, got {type(value).__name__}")
-    if "question" in value:
-        question, answer, rationales = value["question"], value.get("answer"), value.get("rationales", [])
-    elif "instruction" in value:
-        question, answer, rationales = value["instruction"], value.get("label"), value.get("output", [])
-        rationales = [rationales] if isinstance(rationales, str) else rationales
-    else:
-        raise InputError(f"{where}: expected the keys question/answer/rationales or instruction/output/label")
+    question, answer, rationales = record_fields(value, fields, where)
+    if isinstance(rationales, str) and (tabular or rationales_text_allowed(value, fields)):
+        rationales = rationales_of_text(rationales) if tabular else [rationales]
+    answer = gsm8k_gold(answer, where)
     record_task = value.get("task", task.name if task else None)
     check_fields(question, answer, rationales, record_task, task, where)
     # The paper's files write "no rationale" as "".
@@ -170,6 +139,51 @@ def parse_record(value, index, task, where):
         raise InputError(f"{where}: answer {answer!r} is not a valid {record_task} answer")
     record_id = str(value.get("id", f"{record_task}-{index}"))
     return Record(record_id, record_task, question.strip(), gold, rationales)
+
+
+def record_fields(value, fields, where):
+    """(question, answer, rationales) of a row: the named fields, else those of its layout."""
+    layout = next((names for names in LAYOUTS if names[0] in value), None)
+    if layout is None and fields.question is None:
+        raise InputError(f"{where}: expected the keys question/answer/rationales or instruction/output/label "
+                         f"(or name the fields: --question-field and the like); the record has "
+                         f"{', '.join(map(str, value)) or 'none'}")
+    layout = layout or LAYOUTS[0]
+    found = []
+    for role, named, default in zip(("question", "answer", "rationales"), asdict(fields).values(), layout):
+        if named is not None and named not in value:
+            raise InputError(f"{where}: no field {named!r} (the {role} field); the record has "
+                             f"{', '.join(map(str, value))}")
+        found.append(value.get(named or default, [] if role == "rationales" else None))
+    return tuple(found)
+
+
+def rationales_text_allowed(value, fields):
+    """Whether a string stands for one rationale: in the paper's layout ("output": "...") and
+    in named fields, not in the canonical layout, whose writer always writes a list."""
+    return fields.rationales is not None or "question" not in value
+
+
+def rationales_of_text(text):
+    """A table cell's rationales: the JSON array of strings it holds, else the cell itself."""
+    if text.lstrip().startswith("["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            return [text]
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return value
+    return [text]
+
+
+def gsm8k_gold(answer, where):
+    """The gold answer of GSM8K's layout (what follows the last "####"), else `answer` itself."""
+    if not isinstance(answer, str) or GSM8K_MARK not in answer:
+        return answer
+    gold = answer.rsplit(GSM8K_MARK, 1)[1].strip()
+    if not gold:
+        raise InputError(f"{where}: nothing follows {GSM8K_MARK} in the answer")
+    return gold
 
 
 def check_fields(question, answer, rationales, record_task, task, where):

@@ -5,22 +5,26 @@ step s of process r takes micro-batches s*A*W + r*A .. s*A*W + r*A + A-1 of the 
 micro-batches a step on each of W processes).
 """
 from mcckd.data.packing import TokenBudgetBatchSampler, pack_questions
+from mcckd.data.prompts import bind_format, format_from_config
 from mcckd.data.seq2seq import pad_seq2seq
-from mcckd.data.tokenize import encode_prompt, tokenize_records
+from mcckd.data.tokenize import tokenize_records
 from mcckd.errors import InputError
 
 
 class MicroBatches:
     """The run's stream of micro-batches: epoch e in the order drawn from (seed, e).
 
-    config: the run's Config (data and train sections); rank, world_size: this process's place.
+    config: the run's Config (data and train sections; data's prompt format keys say how a
+    question and its rationales become sequences); rank, world_size: this process's place.
     decoder_start_id: None for a decoder-only student (packed batches), else the encoder-decoder
     student's decoder start token (padded batches).
     """
 
     def __init__(self, config, records, tokenizer, *, rank=0, world_size=1, decoder_start_id=None):
         data, cfg = config.data, config.train
-        questions, dropped = tokenize_records(records, tokenizer, max_length=data.max_length)
+        prompt_format = format_from_config(data)
+        questions, dropped = tokenize_records(records, tokenizer, prompt_format=prompt_format,
+                                              max_length=data.max_length)
         if not questions:
             raise InputError(f"{data.train}: no question keeps a rationale of at most "
                              f"data.max_length={data.max_length} tokens ({dropped})")
@@ -37,7 +41,7 @@ class MicroBatches:
         self.collate = self.packed
         if decoder_start_id is not None:
             self.collate = self.padded
-            self.prompts = seq2seq_prompts(records, questions, tokenizer)
+            self.prompts = seq2seq_prompts(records, questions, tokenizer, prompt_format)
             self.pad_id, self.start_id = tokenizer.pad_token_id, decoder_start_id
 
     def total_steps(self, cfg):
@@ -81,7 +85,8 @@ class MicroBatches:
                            pad_id=self.pad_id, decoder_start_id=self.start_id)
 
 
-def seq2seq_prompts(records, questions, tokenizer):
+def seq2seq_prompts(records, questions, tokenizer, prompt_format):
     """{question id: encoder ids}: the prompt as evaluation encodes it."""
     kept = {q.id for q in questions}
-    return {r.id: encode_prompt(tokenizer, r.question, encoder_decoder=True) for r in records if r.id in kept}
+    bound = bind_format(tokenizer, prompt_format, encoder_decoder=True)
+    return {r.id: bound.prompt_ids(r.question) for r in records if r.id in kept}

@@ -1,34 +1,24 @@
 """Tokenisation: a question's rationales as token sequences that share one answer span.
 
-Each sequence is [BOS] prompt | rationale | answer sentence | answer | tail | EOS, with the
-default template
+Each sequence is prompt | opening | rationale | answer sentence | answer | tail | closing, the
+pieces of a prompt format (`mcckd.data.prompts`); with the default, plain format
 
-    prompt   "Question: {question}\\nAnswer:"
-    target   " {rationale}\\nTherefore, the answer is" + " {answer}" + "." + EOS
+    prompt   [BOS] "Question: {question}\\nAnswer:"
+    target   " {rationale}\\n" + "Therefore, the answer is" + " {answer}" + "." + EOS
 
-Every segment is tokenised on its own and the ids are joined, so the answer's ids are the same
-under every rationale (tokenising the joined text would let a BPE merge across a boundary).
-Those ids are the common answer span; `answer_start` is where it begins in each sequence. The
-target is everything after the prompt. Rationales lose the white space at their ends. A
-rationale that does not fit `max_length` is dropped whole and counted: cutting it would cut
-the answer sentence that follows it.
+and with the chat format the prompt is the chat template's, the target the assistant's turn
+and the template's end of turn. Every target segment is tokenised on its own and the ids are
+joined, so the answer's ids are the same under every rationale (tokenising the joined text
+would let a BPE merge across a boundary). Those ids are the common answer span; `answer_start`
+is where it begins in each sequence. The target is everything after the prompt. Rationales
+lose the white space at their ends. A rationale that does not fit `max_length` is dropped
+whole and counted: cutting it would cut the answer sentence that follows it.
 """
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-
-@dataclass(frozen=True)
-class PromptTemplate:
-    """The text segments of a training sequence; `{question}`, `{rationale}`, `{answer}` are
-    filled in. `add_bos` prepends the tokenizer's BOS token when it has one."""
-
-    prompt: str = "Question: {question}\nAnswer:"
-    rationale: str = " {rationale}\n"
-    answer_sentence: str = "Therefore, the answer is"
-    answer: str = " {answer}"
-    tail: str = "."
-    add_bos: bool = True
+from mcckd.data.prompts import PLAIN, bind_format
 
 
 @dataclass
@@ -56,44 +46,33 @@ class TokenizedQuestion:
         return sum(len(rationale.input_ids) for rationale in self.rationales)
 
 
-def encode(tokenizer, text):
-    """Token ids of `text` alone, without special tokens."""
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+def encode_prompt(tokenizer, question, *, encoder_decoder=False, prompt_format=PLAIN):
+    """Token ids of the prompt a student is trained and evaluated on (`BoundFormat.prompt_ids`).
 
-
-def prompt_ids(tokenizer, question, template=PromptTemplate()):
-    """The prompt's token ids, BOS first when the template and the tokenizer have one; the same
-    ids start every training sequence and every evaluation prompt."""
-    bos = [tokenizer.bos_token_id] if template.add_bos and tokenizer.bos_token_id is not None else []
-    return bos + encode(tokenizer, template.prompt.format(question=question))
-
-
-def encode_prompt(tokenizer, question, *, encoder_decoder=False, template=PromptTemplate()):
-    """Token ids of the prompt a student is trained and evaluated on.
-
-    Decoder-only: `prompt_ids`. Encoder-decoder: the prompt text with the tokenizer's own
-    special tokens (T5 closes with EOS), what the encoder reads.
+    For many prompts, bind the format once (`mcckd.data.prompts.bind_format`) instead.
     """
-    if encoder_decoder:
-        return list(tokenizer(template.prompt.format(question=question))["input_ids"])
-    return prompt_ids(tokenizer, question, template)
+    return bind_format(tokenizer, prompt_format, encoder_decoder=encoder_decoder).prompt_ids(question)
 
 
-def tokenize_record(record, tokenizer, *, template=PromptTemplate(), max_length=None):
+def tokenize_record(record, tokenizer, *, prompt_format=PLAIN, max_length=None):
     """The TokenizedQuestion of a record and how many rationales were too long for it.
 
     Sequences longer than `max_length` tokens are dropped, never truncated.
     """
-    if tokenizer.eos_token_id is None:
+    return tokenize_with(record, bind_format(tokenizer, prompt_format), max_length=max_length)
+
+
+def tokenize_with(record, bound, *, max_length=None):
+    """`tokenize_record` with a format already bound to the tokenizer (a `BoundFormat`)."""
+    if bound.closing is None:
         raise ValueError("the tokenizer has no EOS token: the target must end in one")
-    prompt = prompt_ids(tokenizer, record.question, template)
-    answer_ids = encode(tokenizer, template.answer.format(answer=record.answer))
-    sentence = encode(tokenizer, template.answer_sentence)
-    ending = answer_ids + encode(tokenizer, template.tail) + [tokenizer.eos_token_id]
+    prompt = bound.prompt_ids(record.question)
+    answer_ids = bound.answer_ids(record.answer)
+    ending = answer_ids + bound.tail + bound.closing
     question = TokenizedQuestion(record.id, answer_ids)
     too_long = 0
     for text in record.rationales:
-        head = prompt + encode(tokenizer, template.rationale.format(rationale=text.strip())) + sentence
+        head = prompt + bound.opening + bound.rationale_ids(text) + bound.sentence
         if max_length is not None and len(head) + len(ending) > max_length:
             too_long += 1
             continue
@@ -101,12 +80,13 @@ def tokenize_record(record, tokenizer, *, template=PromptTemplate(), max_length=
     return question, too_long
 
 
-def tokenize_records(records, tokenizer, *, template=PromptTemplate(), max_length=None, progress=False):
+def tokenize_records(records, tokenizer, *, prompt_format=PLAIN, max_length=None, progress=False):
     """TokenizedQuestions of the records that keep a rationale, and counts of what was dropped:
     {"rationale too long": ..., "question without rationales": ...}."""
+    bound = bind_format(tokenizer, prompt_format)
     questions, dropped = [], {"rationale too long": 0, "question without rationales": 0}
     for record in tqdm(records, desc="tokenising", unit="question", disable=not progress):
-        question, too_long = tokenize_record(record, tokenizer, template=template, max_length=max_length)
+        question, too_long = tokenize_with(record, bound, max_length=max_length)
         dropped["rationale too long"] += too_long
         if question.rationales:
             questions.append(question)

@@ -14,6 +14,12 @@ extracted, correct), summary.json ({"task", "n", "correct", "accuracy", "missing
 summary.md; an output with no extractable answer counts as wrong and as `missing`. Several
 `--data` files (each with its `--task`, or one `--task` for all) get a folder each under DIR.
 
+Every question gets the prompt the student was trained on: the run's prompt format (plain
+`Question: {question}\nAnswer:` or the chat template's), read from the run's config.yaml beside
+the checkpoint, or the one --format/--system/--prompt-template give (`prompting.py`). FILE may
+be any input that `mcckd prepare` reads (JSON(L), CSV, parquet, a dataset), its fields named by
+--question-field and --answer-field.
+
 Nothing is lost to a crash: DIR is checked before the model loads, predictions are appended
 and fsynced as they come, and rerunning the same command resumes where it stopped
 (`results.py`).
@@ -21,6 +27,7 @@ and fsynced as they come, and rerunning the same command resumes where it stoppe
 The training loop calls `evaluate_model(model, tokenizer, records, task)` for periodic
 evaluation on held-out records.
 """
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -28,10 +35,12 @@ from pathlib import Path
 import torch
 
 from mcckd.arguments import non_negative_float, positive_int
+from mcckd.data.input_options import add_input_arguments, input_fields
 from mcckd.data.records import read_records
 from mcckd.data.resumable import check_unique_ids, replace_file
 from mcckd.data.tasks import add_task_arguments, tasks_from_args
 from mcckd.errors import InputError
+from mcckd.evaluation.prompting import add_prompt_arguments, eval_prompt_format
 from mcckd.evaluation.report import TABLE_FILE, markdown_table
 from mcckd.evaluation.results import ResultsFolder, check_out, set_names
 from mcckd.models.dtypes import DTYPES
@@ -70,13 +79,16 @@ def add_arguments(parser):
     server.add_argument("--tokenizer", help="the student's tokenizer folder, for the prompt's token ids "
                                             "(default: --model when it is a folder)")
     add_server_arguments(server)
+    add_prompt_arguments(parser)
+    add_input_arguments(parser, rationales=False)
 
 
 def run(args):
     """`mcckd eval`: check everything, answer what is not answered yet, write the reports."""
-    sets = read_sets(args.data, tasks_from_args(args))
+    sets = read_sets(args.data, tasks_from_args(args), fields=input_fields(args), split=args.split)
     if args.num_samples > 1 and args.temperature == 0:
         raise InputError("--num-samples above 1 needs --temperature above 0: greedy samples are all the same")
+    args.prompt_format = resolve_prompt_format(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = check_out(args.out)
     folders = [out] if len(sets) == 1 else [out / name for name in set_names(args.data)]
@@ -104,7 +116,17 @@ def run(args):
     return 0
 
 
-def read_sets(paths, tasks):
+def resolve_prompt_format(args):
+    """The PromptFormat the questions are asked in (announced on stderr); None when the server's
+    own chat template builds the prompt (`--api chat`)."""
+    if args.endpoint and args.api == "chat":
+        return None
+    prompt_format, source = eval_prompt_format(tokenizer_source(args) if args.endpoint else args.model, args)
+    print(f"mcckd eval: prompt format {prompt_format.kind} (from {source})", file=sys.stderr)
+    return prompt_format
+
+
+def read_sets(paths, tasks, *, fields=None, split=None):
     """[(path, task, records)] of the --data files, with their --task."""
     if len(tasks) == 1:
         tasks = tasks * len(paths)
@@ -113,7 +135,7 @@ def read_sets(paths, tasks):
                          f"({len(paths)} --data, {len(tasks)} tasks)")
     sets = []
     for path, task in zip(paths, tasks):
-        records = read_records(path, task)
+        records = read_records(path, task, fields=fields, split=split)
         if not records:
             raise InputError(f"{path}: no records")
         check_unique_ids(records, path)
@@ -127,7 +149,8 @@ def evaluation_settings(args, path, task, device):
 
     settings = {"data": str(Path(path).resolve()), "task": task.name,
                 "max_new_tokens": args.max_new_tokens,
-                "num_samples": args.num_samples, "temperature": args.temperature}
+                "num_samples": args.num_samples, "temperature": args.temperature,
+                "prompt_format": args.prompt_format and dataclasses.asdict(args.prompt_format)}
     if args.temperature > 0:
         settings["seed"] = args.seed
     if args.endpoint:
@@ -143,7 +166,8 @@ def evaluation_settings(args, path, task, device):
 def summary_details(args, path, seconds):
     """What a summary says besides the counts."""
     details = {"model": str(args.model), "data": str(path), "max_new_tokens": args.max_new_tokens,
-               "num_samples": args.num_samples, "temperature": args.temperature, "seconds": seconds}
+               "num_samples": args.num_samples, "temperature": args.temperature, "seconds": seconds,
+               "prompt_format": args.prompt_format.kind if args.prompt_format else "server chat template"}
     if args.endpoint:
         details.update(endpoint=args.endpoint, api=args.api)
     return details
@@ -160,7 +184,8 @@ def local_answerer(args, device):
         torch.manual_seed(args.seed)
         predict_batches(model, tokenizer, records, task, lambda _, rows: results.append(rows),
                         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                        num_samples=args.num_samples, temperature=args.temperature, progress=True)
+                        num_samples=args.num_samples, temperature=args.temperature, progress=True,
+                        prompt_format=args.prompt_format)
     return answer
 
 
@@ -176,7 +201,8 @@ def endpoint_answerer(args):
     def answer(records, task, results):
         # a fresh client per set: a finished run cancels its client's retries
         predict_endpoint(make_client(args, CLIENTS[args.api]), records,
-                         endpoint_prompts(records, args.api, tokenizer, encoder_decoder), task, results,
+                         endpoint_prompts(records, args.api, tokenizer, encoder_decoder, args.prompt_format),
+                         task, results,
                          num_samples=args.num_samples, temperature=args.temperature,
                          max_tokens=args.max_new_tokens, concurrency=args.concurrency,
                          seed=args.seed if args.temperature > 0 else None)

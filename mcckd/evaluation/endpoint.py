@@ -1,7 +1,7 @@
 """Evaluation through an OpenAI-compatible server (vLLM, SGLang and others): the same prompts,
 scoring and results folder as in-process evaluation, the decoding done by the server.
 
-The completions API (the default) gets the prompt as token ids, those `encode_prompt` builds
+The completions API (the default) gets the prompt as token ids, those `mcckd.data.prompts` builds
 from the student's tokenizer: the very ids the student was trained on, BOS and any chat
 template included, so plain and chat prompt formats both match training exactly and the server
 adds nothing (vLLM and SGLang accept token-id prompts). The chat-completions API (`api="chat"`)
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mcckd.data.tokenize import encode_prompt
+from mcckd.data.prompts import PLAIN, bind_format
 from mcckd.errors import InputError
 from mcckd.evaluation.scoring import answer_row
 from mcckd.teacher.client import ChatCompletionsClient, CompletionsClient
@@ -44,12 +44,13 @@ def prompt_tokenizer(source):
     return tokenizer, encoder_decoder
 
 
-def endpoint_prompts(records, api, tokenizer=None, encoder_decoder=False):
-    """What the server gets for each record: the training prompt's token ids (completions), or
-    the question as the user message (chat)."""
+def endpoint_prompts(records, api, tokenizer=None, encoder_decoder=False, prompt_format=PLAIN):
+    """What the server gets for each record: the token ids of the training prompt in
+    `prompt_format` (completions), or the question as the user message (chat)."""
     if api == "chat":
         return [record.question for record in records]
-    return [encode_prompt(tokenizer, record.question, encoder_decoder=encoder_decoder) for record in records]
+    bound = bind_format(tokenizer, prompt_format or PLAIN, encoder_decoder=encoder_decoder)
+    return [bound.prompt_ids(record.question) for record in records]
 
 
 def predict_endpoint(client, records, prompts, task, results, *, num_samples, temperature, max_tokens,

@@ -16,9 +16,11 @@ def generation_attention(model):
     return transformers_attention(model) if attention_backend(model) else contextlib.nullcontext()
 
 
-def generate_greedy(model, tokenizer, prompts, *, batch_size=16, max_new_tokens=256, progress=False):
-    """The greedy continuation of each token-id prompt, decoded without special tokens, in order."""
-    config = greedy_config(model, tokenizer, max_new_tokens, padding_id(tokenizer))
+def generate_greedy(model, tokenizer, prompts, *, batch_size=16, max_new_tokens=256, progress=False,
+                    stop_ids=()):
+    """The greedy continuation of each token-id prompt, decoded without special tokens, in order;
+    `stop_ids` end generation as EOS does (a chat template's end of turn)."""
+    config = greedy_config(model, tokenizer, max_new_tokens, padding_id(tokenizer), stop_ids=stop_ids)
     texts = [None] * len(prompts)
     with tqdm(total=len(prompts), desc="eval", unit="question", disable=not progress) as bar:
         for indices, outputs in generate_batches(model, tokenizer, prompts, config, batch_size=batch_size):
@@ -62,8 +64,9 @@ def padding_id(tokenizer):
     return 0
 
 
-def greedy_config(model, tokenizer, max_new_tokens, pad_id):
-    """Greedy decoding with a KV cache, stopping at the tokenizer's or the model's EOS.
+def greedy_config(model, tokenizer, max_new_tokens, pad_id, *, stop_ids=()):
+    """Greedy decoding with a KV cache, stopping at the tokenizer's or the model's EOS, or at
+    one of `stop_ids`.
 
     A fresh config rather than the model's: a checkpoint's sampling defaults must not apply.
     """
@@ -73,15 +76,15 @@ def greedy_config(model, tokenizer, max_new_tokens, pad_id):
         num_beams=1,
         use_cache=True,
         pad_token_id=pad_id,
-        eos_token_id=eos_token_ids(model.generation_config, tokenizer) or None,
+        eos_token_id=sorted({*eos_token_ids(model.generation_config, tokenizer), *stop_ids}) or None,
         decoder_start_token_id=model.generation_config.decoder_start_token_id,
     )
 
 
-def sampling_config(model, tokenizer, max_new_tokens, *, num_samples, temperature):
+def sampling_config(model, tokenizer, max_new_tokens, *, num_samples, temperature, stop_ids=()):
     """`num_samples` continuations per prompt sampled from the full distribution at
     `temperature` (no top-k or top-p cut), otherwise as `greedy_config`."""
-    config = greedy_config(model, tokenizer, max_new_tokens, padding_id(tokenizer))
+    config = greedy_config(model, tokenizer, max_new_tokens, padding_id(tokenizer), stop_ids=stop_ids)
     config.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                   num_return_sequences=num_samples)
     return config

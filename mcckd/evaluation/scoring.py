@@ -9,8 +9,8 @@ import torch
 from tqdm import tqdm
 
 from mcckd.data.answers import answers_match, extract_answer
+from mcckd.data.prompts import PLAIN, bind_format
 from mcckd.data.tasks import resolve_task
-from mcckd.data.tokenize import encode_prompt
 from mcckd.evaluation.generation import (
     generate_batches,
     generation_attention,
@@ -21,7 +21,8 @@ from mcckd.evaluation.generation import (
 from mcckd.evaluation.voting import majority_vote
 
 
-def evaluate_model(model, tokenizer, records, task, *, batch_size=16, max_new_tokens=256, progress=False):
+def evaluate_model(model, tokenizer, records, task, *, batch_size=16, max_new_tokens=256, progress=False,
+                   prompt_format=PLAIN):
     """The accuracy summary {"task", "n", "correct", "accuracy", "missing"} of `model` on
     `records`, answered greedily.
 
@@ -29,12 +30,12 @@ def evaluate_model(model, tokenizer, records, task, *, batch_size=16, max_new_to
     wrapped or not. Its train/eval mode and its attention backend are as before afterwards.
     """
     rows = predict(model, tokenizer, records, task, batch_size=batch_size,
-                   max_new_tokens=max_new_tokens, progress=progress)
+                   max_new_tokens=max_new_tokens, progress=progress, prompt_format=prompt_format)
     return summarize(rows, task)
 
 
 def predict(model, tokenizer, records, task, *, batch_size=16, max_new_tokens=256, num_samples=1,
-            temperature=0.0, progress=False):
+            temperature=0.0, progress=False, prompt_format=PLAIN):
     """One row per record, in order (the module docstring says what a row holds)."""
     rows = [None] * len(records)
 
@@ -44,14 +45,15 @@ def predict(model, tokenizer, records, task, *, batch_size=16, max_new_tokens=25
 
     predict_batches(model, tokenizer, records, task, keep, batch_size=batch_size,
                     max_new_tokens=max_new_tokens, num_samples=num_samples, temperature=temperature,
-                    progress=progress)
+                    progress=progress, prompt_format=prompt_format)
     return rows
 
 
 def predict_batches(model, tokenizer, records, task, on_batch, *, batch_size=16, max_new_tokens=256,
-                    num_samples=1, temperature=0.0, progress=False):
+                    num_samples=1, temperature=0.0, progress=False, prompt_format=PLAIN):
     """Answer `records` a batch at a time, calling `on_batch(indices, rows)` after each batch
-    (indices into `records`; batches go longest prompt first).
+    (indices into `records`; batches go longest prompt first), each from the prompt of
+    `prompt_format` (`mcckd.data.prompts`), the one the student was trained on.
 
     Greedy with `num_samples` 1 and `temperature` 0; else `num_samples` samples a question at
     `temperature`, scored by majority vote.
@@ -59,13 +61,14 @@ def predict_batches(model, tokenizer, records, task, on_batch, *, batch_size=16,
     if not records:
         raise ValueError("records: nothing to evaluate")
     task = resolve_task(task)  # an unknown task fails now, not after the generation
-    prompts = [encode_prompt(tokenizer, record.question, encoder_decoder=model.config.is_encoder_decoder)
-               for record in records]
+    bound = bind_format(tokenizer, prompt_format, encoder_decoder=model.config.is_encoder_decoder)
+    prompts = [bound.prompt_ids(record.question) for record in records]
     if num_samples == 1 and temperature == 0:
-        config = greedy_config(model, tokenizer, max_new_tokens, padding_id(tokenizer))
+        config = greedy_config(model, tokenizer, max_new_tokens, padding_id(tokenizer),
+                               stop_ids=bound.stop_ids)
     else:
         config = sampling_config(model, tokenizer, max_new_tokens, num_samples=num_samples,
-                                 temperature=temperature)
+                                 temperature=temperature, stop_ids=bound.stop_ids)
     was_training = model.training
     model.eval()
     try:

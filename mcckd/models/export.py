@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, GenerationConfig, PreTrainedModel
 
+from mcckd.data.prompts import PLAIN
 from mcckd.data.resumable import fsync_directory
-from mcckd.data.tokenize import PromptTemplate
 from mcckd.errors import InputError
 from mcckd.models.dtypes import parse_dtype
 from mcckd.models.loading import (
@@ -151,13 +151,12 @@ def first_set(*values):
     return next((value for value in values if value is not None), None)
 
 
-def prompt_chat_template(tokenizer, template=None):
-    """A Jinja chat template that renders the training prompt (`template`, default
-    `PromptTemplate()`) around the last message's content, BOS first when the template and the
-    tokenizer have one: the prompt of a decoder-only student as `encode_prompt` builds it."""
-    template = template or PromptTemplate()
-    before, after = (json.dumps(part) for part in template.prompt.split("{question}"))
-    bos = "{{ bos_token }}" if template.add_bos and tokenizer.bos_token is not None else ""
+def prompt_chat_template(tokenizer, prompt_format=PLAIN):
+    """A Jinja chat template that renders the training prompt of a plain `prompt_format` around
+    the last message's content, BOS first when the tokenizer has one: the prompt of a
+    decoder-only student as `mcckd.data.prompts` builds it."""
+    before, after = (json.dumps(part) for part in prompt_format.prompt_text("{question}").split("{question}"))
+    bos = "{{ bos_token }}" if tokenizer.bos_token is not None else ""
     # JSON string literals are Jinja string literals: the prompt's text stays literal.
     return bos + "{{ " + before + " }}{{ messages[-1]['content'] }}{{ " + after + " }}"
 

@@ -4,8 +4,11 @@
 --out OUT.jsonl` (or `--task-file TASK.yaml`, a task of one's own: `mcckd.data.tasks`) asks an
 OpenAI-compatible chat-completions server (vLLM, SGLang, TGI and others serve this API) for N
 rationales per question, with bounded concurrency; `--local DIR` samples them from a
-transformers model instead. The prompt asks for step-by-step reasoning
-that ends in the fixed sentence "Therefore, the answer is X.", which `mcckd prepare` reads.
+transformers model instead, the prompt as the user's turn of the model's chat template
+(`--format chat`, with an optional `--system` message; by default when it has one) or as plain
+text (`--format plain`). The prompt asks for step-by-step reasoning that ends in the fixed
+sentence "Therefore, the answer is X.", which `mcckd prepare` reads. INPUT is any input
+`mcckd prepare` reads (JSON(L), CSV, parquet, a dataset; --question-field and the like).
 
 Each finished question is appended to OUT as one canonical record (question, answer = the
 label, rationales) and flushed and fsynced before the next is written, so a crash loses only
@@ -31,6 +34,8 @@ import torch
 from tqdm import tqdm
 
 from mcckd.arguments import non_negative_float, positive_int
+from mcckd.data.input_options import add_input_arguments, input_fields
+from mcckd.data.prompts import FORMATS, chat_prompt_ids
 from mcckd.data.records import read_records
 from mcckd.data.resumable import append_line, check_unique_ids, finished_ids
 from mcckd.data.tasks import add_task_arguments, resolve_task, task_from_args
@@ -71,16 +76,24 @@ def add_arguments(parser):
     local.add_argument("--batch-size", type=positive_int, default=8, help="questions per generate call")
     local.add_argument("--seed", type=int, default=0, help="sampling seed")
     local.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    local.add_argument("--format", choices=("auto", *FORMATS), default="auto",
+                       help="the prompt as the user's turn of the model's chat template (chat), or as "
+                            "text (plain); auto: chat when the model's tokenizer has a template")
+    local.add_argument("--system", help="a system message before the prompt (--format chat)")
+    add_input_arguments(parser, rationales=False)
 
 
 def run(args):
     """`mcckd generate`: sample rationales for the questions not yet in the output file."""
     task = task_from_args(args)
-    records = read_records(args.input, task)
+    records = read_records(args.input, task, fields=input_fields(args), split=args.split)
     check_unique_ids(records, args.input)
     template = read_prompt(args.prompt)
     if args.endpoint and not args.model:
         raise InputError("--endpoint needs --model, the name of the model the server serves")
+    if args.endpoint and (args.format != "auto" or args.system is not None):
+        raise InputError("--format and --system shape a --local model's prompt; "
+                         "a server applies its own template")
     if args.local and args.temperature == 0:
         raise InputError("--local samples: --temperature must be above 0")
     done, failures = finished_ids(args.out), failures_path(args.out)
@@ -187,7 +200,7 @@ def generate_local(args, records, prompts, write, progress):
     model, tokenizer = load_checkpoint(args.local, device=device, dtype=resolve_dtype("auto", device))
     config = sampling_config(model, tokenizer, args.max_tokens, num_samples=args.num_samples,
                              temperature=args.temperature)
-    prompt_ids = [local_prompt_ids(tokenizer, prompt) for prompt in prompts]
+    prompt_ids = [local_prompt_ids(tokenizer, prompt, args.format, args.system) for prompt in prompts]
     torch.manual_seed(args.seed)
     with torch.inference_mode():
         batches = generate_batches(model, tokenizer, prompt_ids, config, batch_size=args.batch_size)
@@ -197,16 +210,12 @@ def generate_local(args, records, prompts, write, progress):
             progress.update(len(indices))
 
 
-def local_prompt_ids(tokenizer, prompt):
-    """Token ids of the prompt as a user turn of the model's chat template, or as plain text
-    for a model without one."""
-    if tokenizer.chat_template:
-        return list(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}],
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=False,
-            )
-        )
+def local_prompt_ids(tokenizer, prompt, prompt_format="auto", system=None):
+    """Token ids of the prompt as a user turn of the model's chat template ("chat", or "auto"
+    with a template), after the system message if any, or as plain text."""
+    if prompt_format == "chat" or (prompt_format == "auto" and tokenizer.chat_template):
+        return chat_prompt_ids(tokenizer, prompt, system)
+    if system is not None:
+        raise InputError("--system is a message of the chat format: the prompt is plain text here "
+                         "(--format plain, or a model without a chat template)")
     return tokenizer(prompt)["input_ids"]

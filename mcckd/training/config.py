@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from mcckd.data.prompts import ANSWER_SENTENCE, FORMATS, prompt_problem
 from mcckd.data.tasks import resolve_task
 from mcckd.errors import InputError
 from mcckd.models.attention import ATTENTION_BACKENDS
@@ -51,13 +52,23 @@ class ModelConfig:
 class DataConfig:
     """Prepared records (canonical JSONL, `mcckd prepare`) and how they become batches."""
 
-    train: str | None = None
+    train: str | None = None  # JSON(L), CSV, parquet, a save_to_disk folder, or hf:NAME[:CONFIG]
     # a built-in task (gsm8k, svamp, asdiv, csqa, strategyqa), a task file, or a task mapping
     # {name, kind, ...} (mcckd.data.tasks); default: each record's own built-in task
     task: str | dict | None = None
     num_rationales: int = 4  # K: rationales per question (the first K of each record)
     max_tokens: int = 4096  # token budget of one micro-batch
     max_length: int = 512  # longest tokenised rationale kept (prompt + target)
+    # the prompt format (mcckd.data.prompts), for training and evaluation alike
+    format: str = "plain"  # plain, or chat: the student tokenizer's chat template
+    prompt: str | None = None  # with {question}; default "Question: {question}\nAnswer:" / "{question}"
+    answer_sentence: str = ANSWER_SENTENCE  # what precedes the answer in every target
+    system: str | None = None  # the system message of the chat format
+    # the input's fields, when its layout is not recognised (mcckd.data.records), and its split
+    question_field: str | None = None
+    answer_field: str | None = None
+    rationales_field: str | None = None
+    split: str | None = None  # of a saved or hf: dataset with several
 
 
 @dataclass
@@ -93,8 +104,11 @@ class TrainConfig:
 class EvalConfig:
     """Periodic evaluation on held-out records (greedy generation, answer accuracy)."""
 
-    data: str | None = None
+    data: str | None = None  # as data.train: a file, a save_to_disk folder or hf:NAME[:CONFIG]
     task: str | dict | None = None  # as data.task; default: data.task
+    question_field: str | None = None  # as data.question_field, for eval.data
+    answer_field: str | None = None
+    split: str | None = None
     every: int = 0  # steps between evaluations (0: none)
     limit: int | None = None  # evaluate the first `limit` records only
     batch_size: int = 16
@@ -238,6 +252,7 @@ def validate(config):
     _require(data.max_tokens >= data.num_rationales * data.max_length, "data.max_tokens",
              f"must hold a whole question: at least data.num_rationales x data.max_length = "
              f"{data.num_rationales * data.max_length}")
+    validate_prompt_format(data)
     _require(train.precision in ("auto", "bf16", "fp32"), "train.precision", "must be auto, bf16 or fp32")
     _require(train.distributed in ("ddp", "fsdp"), "train.distributed", "must be ddp or fsdp")
     _require(train.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda")
@@ -256,3 +271,11 @@ def validate(config):
             resolve_task(task, f"config key '{key}'")
     _require(ev.every == 0 or train.distributed != "fsdp", "eval.every",
              "must be 0 under FSDP (evaluate the checkpoints with `mcckd eval` instead)")
+
+
+def validate_prompt_format(data):
+    """Checks of the data section's prompt format keys."""
+    _require(data.format in FORMATS, "data.format", f"must be one of {FORMATS}")
+    _require(prompt_problem(data.prompt) is None, "data.prompt", prompt_problem(data.prompt))
+    _require(data.system is None or data.format == "chat", "data.system",
+             "is the system message of data.format: chat")

@@ -31,6 +31,7 @@ from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from mcckd.data import read_records
+from mcckd.data.input_options import input_fields
 from mcckd.data.stream import MicroBatches
 from mcckd.models.build import build_student
 from mcckd.models.wrappers import decoder_start_id
@@ -92,7 +93,8 @@ def run_training(config: Config, rt: Runtime, resume: bool, evaluate) -> dict:
     resume_from = resume_checkpoint(out_dir, resume)
     torch.manual_seed(cfg.seed)  # the same random initialisation on every process (FSDP needs it)
     random.seed(cfg.seed)
-    records = read_records(config.data.train, config.data.task)
+    records = read_records(config.data.train, config.data.task, fields=input_fields(config.data),
+                           split=config.data.split)
     student, base_folder = build_student(config, records, rt.device, resume_from, out_dir, rt.rank)
     micro_batches = MicroBatches(config, records, student.tokenizer, rank=rt.rank, world_size=rt.world_size,
                                  decoder_start_id=decoder_start_id(student.model))

@@ -4,6 +4,8 @@ import contextlib
 import torch.distributed as dist
 
 from mcckd.data import read_records
+from mcckd.data.input_options import input_fields
+from mcckd.data.prompts import format_from_config
 from mcckd.evaluation.scoring import evaluate_model
 from mcckd.models.attention import transformers_attention
 from mcckd.models.wrappers import is_encoder_decoder
@@ -15,11 +17,12 @@ def evaluation_hook(config):
     if not ev.every:
         return None
     task = ev.task or config.data.task
-    records = read_records(ev.data, task)[:ev.limit]
+    records = read_records(ev.data, task, fields=input_fields(ev), split=ev.split)[:ev.limit]
+    prompt_format = format_from_config(config.data)  # the student answers as it is trained
 
     def evaluate(model, tokenizer, step):
         return evaluate_model(model, tokenizer, records, task, batch_size=ev.batch_size,
-                              max_new_tokens=ev.max_new_tokens)
+                              max_new_tokens=ev.max_new_tokens, prompt_format=prompt_format)
     return evaluate
 
 

@@ -120,6 +120,75 @@ def test_python_dash_m_runs_the_command(tmp_path):
     assert read_records(out)[0].rationales == ["2 + 2 = 4."]
 
 
+def jsonl(*rows):
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+GOOD = {"id": "a", "question": "What is 2 + 2?", "answer": "4", "rationales": ["2 + 2 = 4."]}
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n\t\n"])
+def test_an_empty_input_is_an_error(tmp_path, capsys, text):
+    code, source, out = prepare(tmp_path, text)
+    assert code == 2
+    assert capsys.readouterr().err == f"mcckd: error: {source}: no records (the input is empty)\n"
+    assert not out.exists()
+
+
+REFUSED = [
+    # (the second record, the reason prepare gives for it)
+    ({**GOOD, "id": "b", "rationales": []}, "the record has no rationales"),
+    ({"id": "b", "question": "What is 3 + 3?", "answer": "6"}, "the record has no rationales"),
+    ({**GOOD, "id": "b", "rationales": ["", " "]}, "the record has no rationales"),
+    ({**GOOD, "question": "What is 1 + 3?"}, "the id 'a' is already used at {source}:1"),
+    ({"id": "b", "question": "What is 3 + 3?", "answer": "six", "rationales": ["6"]},
+     "answer 'six' is not a valid svamp answer"),
+]
+
+
+@pytest.mark.parametrize("record, reason", REFUSED)
+def test_invalid_records_are_errors_naming_their_line(tmp_path, capsys, record, reason):
+    code, source, out = prepare(tmp_path, jsonl(GOOD, record))
+    assert code == 2
+    message = f"{source}:2: {reason.format(source=source)} (--skip-invalid skips such records)"
+    assert capsys.readouterr().err == f"mcckd: error: {message}\n"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("record, reason", REFUSED)
+def test_skip_invalid_skips_them_with_their_line_and_reason(tmp_path, capsys, record, reason):
+    third = {"id": "c", "question": "What is 5 + 5?", "answer": "10", "rationales": ["5 + 5 = 10."]}
+    code, source, out = prepare(tmp_path, jsonl(GOOD, record, third), "--skip-invalid")
+    assert code == 0
+    assert [r.id for r in read_records(out)] == ["a", "c"]
+    captured = capsys.readouterr()
+    assert captured.err == f"mcckd prepare: skipped {source}:2: {reason.format(source=source)}\n"
+    assert "skipped 1 invalid records" in captured.out and "read 2 questions" in captured.out
+
+
+def test_skip_invalid_with_nothing_valid_left_is_an_error(tmp_path, capsys):
+    code, source, _ = prepare(tmp_path, jsonl({**GOOD, "rationales": []}), "--skip-invalid")
+    assert code == 2
+    assert capsys.readouterr().err.endswith(f"mcckd: error: {source}: no valid records (1 skipped)\n")
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+    source = tmp_path / "teacher.jsonl"
+    source.write_bytes(b"\xef\xbb\xbf" + jsonl(GOOD).encode("utf-8"))
+    out = tmp_path / "o.jsonl"
+    assert main(["prepare", str(source), "--task", "svamp", "--k", "2", "--out", str(out)]) == 0
+    assert [r.id for r in read_records(tmp_path / "o.jsonl")] == ["a"]
+
+
+def test_invalid_utf8_is_reported_with_its_line(tmp_path, capsys):
+    source = tmp_path / "teacher.jsonl"
+    source.write_bytes(jsonl(GOOD, {**GOOD, "id": "b"}).encode("utf-8") + b'{"id": "c\xe9"}\n')
+    code = main(["prepare", str(source), "--task", "svamp", "--k", "2", "--out", str(tmp_path / "o.jsonl")])
+    assert code == 2
+    message = f"{source}:3: not valid UTF-8 (byte 10 of the line, 0xe9)"
+    assert capsys.readouterr().err == f"mcckd: error: {message}\n"
+
+
 @pytest.mark.skipif(not SVAMP_TRAIN.is_file(), reason=f"{SVAMP_TRAIN} is absent")
 def test_prepare_on_the_shared_svamp_file(tmp_path, capsys):
     out = tmp_path / "svamp.jsonl"

@@ -134,3 +134,31 @@ def test_written_file_gets_the_mode_of_a_new_file(tmp_path):
     reference.touch()
     write_records(tmp_path / "out.jsonl", [])
     assert (tmp_path / "out.jsonl").stat().st_mode == reference.stat().st_mode
+
+
+@pytest.mark.parametrize("name", ["bom.json", "bom.jsonl", "bom.jsonl.gz"])
+def test_a_byte_order_mark_is_skipped(tmp_path, name):
+    text = "\ufeff" + (json.dumps(PAPER_RECORDS) if name == "bom.json" else
+                        "\n".join(json.dumps(record) for record in PAPER_RECORDS))
+    assert [r.id for r in read_records(write_text(tmp_path / name, text), "svamp")] == [
+        "svamp-0", "svamp-1", "svamp-2"]
+
+
+@pytest.mark.parametrize("name", ["bad.jsonl", "bad.jsonl.gz"])
+def test_invalid_utf8_names_its_line_and_column(tmp_path, name):
+    data = (json.dumps(PAPER_RECORDS[0]) + "\n\n").encode("utf-8") + b'{"instruction": "caf\xc3("}\n'
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        with gzip.open(path, "wb") as handle:
+            handle.write(data)
+    else:
+        path.write_bytes(data)
+    with pytest.raises(InputError) as error:
+        read_records(path, "svamp")
+    assert str(error.value) == f"{path}:3: not valid UTF-8 (byte 21 of the line, 0xc3)"
+
+
+def test_an_input_without_records_is_an_error(tmp_path):
+    for text in ("", "  \n\n", "[]"):
+        with pytest.raises(InputError, match=r"empty.json: no records \(the input is empty\)"):
+            read_records(write_text(tmp_path / "empty.json", text), "svamp")

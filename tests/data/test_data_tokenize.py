@@ -1,5 +1,5 @@
 """Tokenisation: a common answer span under every rationale, the template, the length budget."""
-from mcckd.data import PromptTemplate, Record, prompt_ids, tokenize_record, tokenize_records
+from mcckd.data import PromptFormat, Record, encode_prompt, tokenize_record, tokenize_records
 
 
 def test_answer_ids_are_the_same_under_every_rationale(tokenizer, records):
@@ -27,15 +27,16 @@ def test_sequence_text_follows_the_template(tokenizer, records):
 
 
 def test_template_is_configurable(tokenizer, records):
-    template = PromptTemplate(
-        prompt="Q: {question}\nA:", answer_sentence="The answer is", tail="!", add_bos=False
-    )
-    question, _ = tokenize_record(records[1], tokenizer, template=template)
+    prompt_format = PromptFormat(prompt="Q: {question}\nA:", answer_sentence="The answer is")
+    question, _ = tokenize_record(records[1], tokenizer, prompt_format=prompt_format)
     ids = question.rationales[0].input_ids
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
     assert (
-        tokenizer.decode(ids[:-1])
-        == f"Q: {records[1].question}\nA: {records[1].rationales[0]}\nThe answer is 14!"
+        tokenizer.decode(ids[1:-1])
+        == f"Q: {records[1].question}\nA: {records[1].rationales[0]}\nThe answer is 14."
     )
+    assert question.rationales[0].target_start == len(encode_prompt(tokenizer, records[1].question,
+                                                                     prompt_format=prompt_format))
 
 
 def test_too_long_rationales_are_dropped_whole_and_counted(tokenizer, records):
@@ -78,7 +79,7 @@ def test_white_space_around_a_rationale_is_dropped(tokenizer, records):
 def test_prompt_ids_start_every_sequence(tokenizer, records):
     record = records[0]
     question, _ = tokenize_record(record, tokenizer)
-    prompt = prompt_ids(tokenizer, record.question)
+    prompt = encode_prompt(tokenizer, record.question)
     assert prompt[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(prompt[1:]) == f"Question: {record.question}\nAnswer:"
     assert all(r.input_ids[:r.target_start] == prompt for r in question.rationales)
-    assert prompt_ids(tokenizer, record.question, PromptTemplate(add_bos=False)) == prompt[1:]

@@ -4,11 +4,10 @@ the tests of this folder as `memorised` (pytest puts the folder on the path)."""
 import json
 from dataclasses import replace
 
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from helpers import memorise, tiny_llama
 
 from mcckd.data import Record, tokenize_record
-from mcckd.data.tokenize import encode
+from mcckd.data.prompts import encode
 from mcckd.models.word_tokenizer import train_word_tokenizer
 
 # (question, gold answer, what the student learns to say): three right, one wrong, one with no
@@ -25,18 +24,6 @@ EXPECTED_EXTRACTED = ["7", "8", "4", "40", None]
 EXPECTED_CORRECT = [True, True, True, False, False]
 
 
-def tiny_llama(tokenizer, seed=0):
-    """A 2-layer, 64-wide Llama over the tokenizer's vocabulary."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return LlamaForCausalLM(config)
-
-
 def training_sequence(record, taught_rationale, taught_answer, tokenizer):
     """(token ids, first target position) the student memorises for one question, built by the
     data package."""
@@ -47,26 +34,6 @@ def training_sequence(record, taught_rationale, taught_answer, tokenizer):
     taught = replace(record, answer=taught_answer, rationales=[taught_rationale])
     tokenized = tokenize_record(taught, tokenizer)[0].rationales[0]
     return tokenized.input_ids, tokenized.target_start
-
-
-def memorise(model, sequences, pad_id, steps=200):
-    """Train `model` on the targets of (ids, target start) sequences, full-batch AdamW; the
-    final loss."""
-    width = max(len(ids) for ids, _ in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id)
-    labels = torch.full((len(sequences), width), -100)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, (ids, target_start) in enumerate(sequences):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        labels[row, target_start:len(ids)] = torch.tensor(ids[target_start:])
-        attention_mask[row, :len(ids)] = 1
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return loss.item()
 
 
 def memorised_student():

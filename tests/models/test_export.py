@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mcckd.cli import main
 from mcckd.data import Record, write_records
-from mcckd.data.tokenize import encode, encode_prompt
+from mcckd.data.prompts import encode
+from mcckd.data.tokenize import encode_prompt
 from mcckd.errors import InputError
 from mcckd.models import export as export_module
 from mcckd.models.export import export_checkpoint
