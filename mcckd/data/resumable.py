@@ -1,6 +1,6 @@
-"""Append-only JSON-lines outputs that survive a crash: each record is flushed and fsynced
-before the next is written, and a rerun reads back which ids are done (cutting off a line
-torn by a crash mid-write)."""
+"""Files that survive a crash: append-only JSON-lines outputs (each record flushed and fsynced
+before the next is written; a rerun reads back what is done, cutting off a line torn by a
+crash mid-write), files replaced whole, and the fsyncs that make a rename durable."""
 import json
 import os
 from pathlib import Path
@@ -8,29 +8,36 @@ from pathlib import Path
 from mcckd.errors import InputError
 
 
-def finished_ids(path):
-    """Ids of the questions already written to `path` (empty if it does not exist).
+def complete_lines(path):
+    """[(line number, line bytes with its newline)] of `path` (empty if it does not exist).
 
-    A last line without its newline was torn by a crash mid-write: it is cut off the file, so
-    its question is asked again. Any other unreadable line is an error, not ours to repair.
+    A last line without its newline was torn by a crash mid-write: it is cut off the file
+    (durably), so what it held is written again.
     """
     path = Path(path)
     if not path.exists():
-        return set()
-    ids = set()
-    complete_bytes = 0
+        return []
+    lines, complete_bytes = [], 0
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, 1):
             if not line.endswith(b"\n"):
                 break
             complete_bytes += len(line)
-            if line.strip():
-                ids.add(record_id_of_line(line, path, number))
+            lines.append((number, line))
     if complete_bytes < path.stat().st_size:
         with open(path, "r+b") as handle:
             handle.truncate(complete_bytes)
             os.fsync(handle.fileno())
-    return ids
+    return lines
+
+
+def finished_ids(path):
+    """Ids of the questions already written to `path` (empty if it does not exist).
+
+    A torn last line is cut off (`complete_lines`), so its question is asked again. Any other
+    unreadable line is an error, not ours to repair.
+    """
+    return {record_id_of_line(line, path, number) for number, line in complete_lines(path) if line.strip()}
 
 
 def record_id_of_line(line, path, number):
@@ -47,3 +54,26 @@ def append_line(handle, record):
     handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
     handle.flush()
     os.fsync(handle.fileno())
+
+
+def fsync_path(path):
+    """Flush a file's or a directory's contents to disk (a directory: its entries, so that a
+    file created or renamed in it survives a power loss)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def replace_lines(path, lines):
+    """Replace `path` whole by `lines` (bytes, each with its newline): written beside it,
+    fsynced, renamed over it, the rename fsynced; a crash leaves the old file or the new."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.writelines(lines)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    fsync_path(path.parent)
