@@ -29,10 +29,12 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-benchmark>=4.0", "ruff==0.17.6", "liger-kernel>=0.5"],
+        # wandb in the test extra: the tracking test then runs in CI instead of skipping
+        "test": ["pytest>=8.0", "pytest-benchmark>=4.0", "ruff==0.17.6", "liger-kernel>=0.5", "wandb>=0.17"],
         "bench": ["pytest-benchmark>=4.0", "matplotlib>=3.8"],
         "flash": ["flash-attn>=2.6"],
         "liger": ["liger-kernel>=0.5"],
+        "wandb": ["wandb>=0.17"],  # train.report_to: [wandb]
         "dev": ["pytest>=8.0", "pytest-benchmark>=4.0", "ruff==0.17.6"],
     },
     entry_points={"console_scripts": ["mcckd=mcckd.cli:main"]},

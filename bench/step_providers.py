@@ -35,7 +35,9 @@ from mcckd.models.attention import resolve_attention_backend, set_attention_back
 from mcckd.models.compile import compile_decoder_layers
 from mcckd.models.liger import apply_liger_kernels
 from mcckd.ops.reference import pairwise_sym_kl_reference
+from mcckd.training.distributed import Runtime
 from mcckd.training.loop import train_step
+from mcckd.training.normalization import loss_shares
 from mcckd.training.objective import MCCKDObjective
 
 LR, MAX_GRAD_NORM = 1e-5, 1.0
@@ -106,8 +108,11 @@ class Mcckd(Provider):
         return self.objective(batch).loss
 
     def step(self, micro_batches):
-        train_step(self.objective, self.optimizer, self.scheduler, micro_batches, max_grad_norm=MAX_GRAD_NORM,
-                   autocast=self.autocast, sync=lambda last: contextlib.nullcontext())
+        # the loss over the step's tokens and groups, counted as the training loop counts them
+        shares = loss_shares(micro_batches, "step", Runtime(0, 1, self.device))
+        train_step(self.objective, self.optimizer, self.scheduler, micro_batches, shares,
+                   max_grad_norm=MAX_GRAD_NORM, autocast=self.autocast,
+                   sync=lambda last: contextlib.nullcontext())
 
 
 class HFPadded(Provider):

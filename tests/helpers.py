@@ -1,9 +1,17 @@
 """Helpers shared by the tests: float64 oracles written from the definitions, error measures,
 random inputs. Imported as `helpers` (tests/conftest.py puts this folder on the path)."""
 import itertools
+import json
 import math
+import os
+import subprocess
+import sys
 
 import torch
+import yaml
+from safetensors.torch import load_file
+
+from mcckd.data import Record
 
 # d(objective) = 1.5 dloss + 0.25 dce + 0.75 dkl: gradient outputs that are not 1, on every
 # output of fused_linear_mcc_loss.
@@ -176,3 +184,75 @@ def memorise(model, sequences, pad_id, steps=200):
         loss.backward()
         optimizer.step()
     return loss.item()
+
+
+NAMES = ["Tom", "Ana", "Lee", "Mia"]
+
+
+def synthetic_records(n=16):
+    """Addition questions, three differently worded rationales each (two for the last one)."""
+    records = []
+    for i in range(n):
+        a, b, name = 2 + i % 7, 3 + (5 * i) % 11, NAMES[i % 4]
+        total = a + b
+        rationales = [f"{name} has {a} and gets {b}, so {a} + {b} = {total}.",
+                      f"Adding {b} to {a} gives {total}.",
+                      f"{b} plus {a} makes {total} in all."]
+        records.append(Record(f"q{i}", "svamp", f"{name} has {a} pens and gets {b} more. How many pens now?",
+                              str(total), rationales[:2] if i == n - 1 else rationales))
+    return records
+
+
+# Training runs: a tiny random Llama student on the CPU, its config as nested dicts.
+def settings(records_path, out_dir, **train):
+    """A tiny run's config as nested dicts: random Llama student, CPU, fp32."""
+    return {
+        "model": {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+                             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                             "max_position_embeddings": 128},
+                  "tokenizer_vocab_size": 300, "attn_backend": "sdpa"},
+        "data": {"train": str(records_path), "task": "svamp", "num_rationales": 3, "max_length": 128,
+                 "max_tokens": 512},
+        "train": {"out_dir": str(out_dir), "device": "cpu", "lr": 3e-3, "log_every": 1, "max_steps": 4,
+                  "report_to": ["jsonl"], "progress_bar": False, **train},
+    }
+
+
+def config_of(tree, tmp_path, name="run.yaml"):
+    """The config tree written as tmp_path/name (YAML)."""
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(tree), encoding="utf-8")
+    return path
+
+
+def metrics(out_dir):
+    """The lines of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(folder, name="model.safetensors"):
+    """{name: tensor} of a checkpoint's safetensors file."""
+    return load_file(folder / name)
+
+
+def assert_same_weights(a, b, exact=True):
+    """Two state dicts hold the same tensors: bit for bit, or to float32 tolerance."""
+    assert a.keys() == b.keys()
+    for key in a:
+        if exact:
+            assert torch.equal(a[key], b[key]), key
+        else:
+            torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4, msg=key)
+
+
+def run_command(args, **kwargs):
+    """`python ARGS` started in the background, one thread, stderr piped."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def torchrun(config_path, *args):
+    """`mcckd train` under torchrun, two processes (gloo on the CPU), in the background."""
+    return run_command(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "mcckd", "train", "--config", str(config_path), *args])

@@ -1,6 +1,6 @@
-"""Outputs that survive a crash: append-only JSON-lines files where each record is made durable
-before the next one is written and a rerun reads back which ids are done (cutting off a line
-torn by a crash mid-write), and files replaced whole or not at all."""
+"""Files that survive a crash: append-only JSON-lines outputs (each record flushed and fsynced
+before the next is written; a rerun reads back what is done, cutting off a line torn by a
+crash mid-write), files replaced whole, and the fsyncs that make a rename durable."""
 import json
 import os
 from pathlib import Path
@@ -8,35 +8,38 @@ from pathlib import Path
 from mcckd.errors import InputError
 
 
-def read_written(path):
-    """The records (dicts with an "id") of an append-only output file, in file order; [] when
-    it does not exist.
+def complete_lines(path):
+    """[(line number, line bytes with its newline)] of `path` (empty if it does not exist).
 
-    A last line without its newline was torn by a crash mid-write: it is cut off the file, so
-    its question is done again. Any other unreadable line is an error, not ours to repair.
+    A last line without its newline was torn by a crash mid-write: it is cut off the file
+    (durably), so what it held is written again.
     """
     path = Path(path)
     if not path.exists():
         return []
-    records = []
-    complete_bytes = 0
+    lines, complete_bytes = [], 0
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, 1):
             if not line.endswith(b"\n"):
                 break
             complete_bytes += len(line)
-            if line.strip():
-                records.append(record_of_line(line, path, number))
+            lines.append((number, line))
     if complete_bytes < path.stat().st_size:
         with open(path, "r+b") as handle:
             handle.truncate(complete_bytes)
             os.fsync(handle.fileno())
-    return records
+    return lines
+
+
+def read_written(path):
+    """The records (dicts with an "id") of an append-only output file, in file order; [] when
+    it does not exist. A torn last line is cut off (`complete_lines`); any other unreadable
+    line is an error, not ours to repair."""
+    return [record_of_line(line, path, number) for number, line in complete_lines(path) if line.strip()]
 
 
 def finished_ids(path):
-    """Ids of the questions already written to `path` (empty if it does not exist); repairs a
-    torn last line as `read_written` does."""
+    """Ids of the questions already written to `path` (empty if it does not exist)."""
     return {str(record["id"]) for record in read_written(path)}
 
 
@@ -72,23 +75,29 @@ def append_line(handle, record):
     append_lines(handle, [record])
 
 
-def replace_file(path, text):
-    """Write `text` to `path` all or nothing: a temporary file beside it, fsynced, renamed over
-    it, and the folder fsynced so that the rename survives a power loss."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    fsync_directory(path.parent)
-
-
-def fsync_directory(folder):
-    """Make the entries of `folder` (new files, renames) durable."""
-    descriptor = os.open(folder, os.O_RDONLY)
+def fsync_path(path):
+    """Flush a file's or a directory's contents to disk (a directory: its entries, so that a
+    file created or renamed in it survives a power loss)."""
+    descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def replace_lines(path, lines):
+    """Replace `path` whole by `lines` (bytes, each with its newline): written beside it,
+    fsynced, renamed over it, the rename fsynced; a crash leaves the old file or the new."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "wb") as handle:
+        handle.writelines(lines)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    fsync_path(path.parent)
+
+
+def replace_file(path, text):
+    """Write `text` to `path` all or nothing (`replace_lines`)."""
+    replace_lines(path, [text.encode("utf-8")])

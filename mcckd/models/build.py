@@ -5,6 +5,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from mcckd.data.records import record_texts
 from mcckd.errors import InputError
+from mcckd.models.attention import resolve_attention_backend
 from mcckd.models.compile import compile_decoder_layers
 from mcckd.models.liger import apply_liger_kernels
 from mcckd.models.loading import BASE_SUBFOLDER, load_adapters
@@ -32,6 +33,10 @@ def build_student(config, records, device, resume_from, out_dir, rank):
             "target_modules": list(m.lora.target_modules),
         }
     )
+    try:
+        resolve_attention_backend(m.attn_backend, device)
+    except ValueError as error:
+        raise InputError(f"config key 'model.attn_backend': {error}") from None
     options = {"dtype": m.dtype, "attn_backend": m.attn_backend, "device": device}
     base_folder = out_dir / BASE_SUBFOLDER if m.config is not None and lora is not None else None
     if resume_from is not None and lora is None:
@@ -42,13 +47,16 @@ def build_student(config, records, device, resume_from, out_dir, rank):
         )
         load_adapters(student.model, resume_from)
     elif m.config is not None:
-        tokenizer = (AutoTokenizer.from_pretrained(m.tokenizer) if m.tokenizer
+        tokenizer = (pretrained_tokenizer(m.tokenizer) if m.tokenizer
                      else train_word_tokenizer(record_texts(records), m.tokenizer_vocab_size))
         student = load_student(random_config(m.config, tokenizer), tokenizer=tokenizer, **options)
         if lora is not None:
             if rank == 0:
                 student.model.save_pretrained(base_folder)
-            student = student._replace(model=apply_lora(student.model, lora))
+            try:
+                student = student._replace(model=apply_lora(student.model, lora))
+            except ValueError as error:  # peft: no module of the model matches target_modules
+                raise InputError(f"config key 'model.lora.target_modules': {error}") from None
     else:
         try:
             student = load_student(m.name_or_path, tokenizer=m.tokenizer, lora=lora, **options)
@@ -73,6 +81,14 @@ def speed_up(model, config, device):
         apply_liger_kernels(model)
     if config.train.compile:
         compile_decoder_layers(model)
+
+
+def pretrained_tokenizer(source):
+    """The tokenizer `model.tokenizer` names (a folder, or a hub name in the local cache)."""
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise InputError(f"config key 'model.tokenizer': cannot load {source!r}: {error}") from None
 
 
 def enable_activation_checkpointing(model):

@@ -32,7 +32,7 @@ import torch
 from transformers import AutoConfig, GenerationConfig, PreTrainedModel
 
 from mcckd.data.prompts import PLAIN
-from mcckd.data.resumable import fsync_directory
+from mcckd.data.resumable import fsync_path
 from mcckd.errors import InputError
 from mcckd.models.dtypes import parse_dtype
 from mcckd.models.loading import (
@@ -89,7 +89,7 @@ def export_checkpoint(checkpoint, out, *, merge_lora=True, dtype=None, safe_seri
         if out.exists():
             out.rmdir()  # empty, checked above
         temporary.rename(out)
-        fsync_directory(out.parent)
+        fsync_path(out.parent)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
@@ -186,7 +186,7 @@ def fsync_tree(folder):
         for name in files:
             with open(Path(root) / name, "rb") as handle:
                 os.fsync(handle.fileno())
-        fsync_directory(root)
+        fsync_path(root)
 
 
 def as_list(value):

@@ -1,10 +1,11 @@
-"""Checkpoints of a training run: the layout on disk, writing them atomically, finding them.
+"""Checkpoints of a training run: the layout on disk, writing them durably, finding them.
 
 A run folder OUT (`train.out_dir`) holds
 
     OUT/config.yaml                  the resolved config of the run
     OUT/metrics.jsonl                one JSON object per logged step or evaluation
-    OUT/tensorboard/                 the same scalars for TensorBoard
+    OUT/tensorboard/                 the same scalars for TensorBoard (train.report_to)
+    OUT/wandb/, OUT/wandb_run_id     the Weights & Biases run and its id (train.report_to)
     OUT/checkpoints/step-000200/     one folder per checkpoint, every `save_every` steps and at the end
 
 and a checkpoint folder is a Hugging Face `save_pretrained` folder plus the training state:
@@ -16,10 +17,12 @@ and a checkpoint folder is a Hugging Face `save_pretrained` folder plus the trai
                        subfolder mcckd_base/ (a full model folder) when the base was randomly
                        initialised and so has no name
     always             the tokenizer's files (tokenizer.json, tokenizer_config.json, ...)
-                       training_state.pt   {"step", "scheduler"}
+                       training_state.pt   {"step", "world_size", "scheduler"}
                        optimizer.pt        the optimizer state keyed by parameter name, full
                                            (not sharded; the adapters' only under LoRA)
-                       rng_state_<rank>.pt the RNG states of each process
+                       process_state_<rank>.pt  each process's {"rng": its RNG states,
+                                           "meter": its running sums since the last log line}
+                       manifest.json       every other file's size, written last (`manifest.py`)
 
 To load a checkpoint for evaluation or inference (`mcckd.models.loading.load_checkpoint` does this):
 
@@ -28,11 +31,15 @@ To load a checkpoint for evaluation or inference (`mcckd.models.loading.load_che
     LoRA:  base = DIR/mcckd_base if that folder exists, else adapter_config["base_model_name_or_path"];
            PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), DIR)
 
-`latest_checkpoint(OUT)` is the newest complete checkpoint. A checkpoint is written to
-`OUT/checkpoints/.tmp-step-000200` and renamed once complete, so a run killed at any moment
-leaves only complete `step-*` folders (and perhaps a stale `.tmp-*`, removed at the next save).
+A checkpoint is written to `OUT/checkpoints/.tmp-step-000200`, every file and folder fsynced,
+the manifest written and fsynced last, then renamed to `step-000200` and the rename fsynced: a
+run killed (or a machine losing power) at any moment leaves only whole `step-*` folders, and
+perhaps a `.tmp-*` or `.trash-*` folder that the next successful save removes. Old checkpoints
+beyond `keep_last` are renamed to `.trash-*` and then deleted. A checkpoint that fails its
+manifest is skipped on resume (`resume.py`) and never deleted: when the resumed run reaches its
+step again, the damaged folder is renamed `step-000200.damaged`.
 """
-import dataclasses
+import pickle
 import random
 import re
 import shutil
@@ -40,14 +47,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
+from mcckd.data.resumable import fsync_path
 from mcckd.errors import InputError
 from mcckd.models.loading import BASE_SUBFOLDER
+from mcckd.training.manifest import damage, seal
 
 CHECKPOINTS = "checkpoints"
 TRAINING_STATE = "training_state.pt"
@@ -55,22 +60,37 @@ OPTIMIZER_STATE = "optimizer.pt"
 STEP_FOLDER = re.compile(r"step-(\d+)")
 
 
+def process_state_name(rank):
+    """The file of process `rank`'s state in a checkpoint folder."""
+    return f"process_state_{rank}.pt"
+
+
 def checkpoint_path(out_dir, step):
     """OUT/checkpoints/step-NNNNNN."""
     return Path(out_dir) / CHECKPOINTS / f"step-{step:06d}"
 
 
+def checkpoint_step(folder):
+    """The step of a checkpoint folder `step-NNNNNN`."""
+    return int(STEP_FOLDER.fullmatch(Path(folder).name).group(1))
+
+
 def list_checkpoints(out_dir):
-    """The complete checkpoint folders of a run, oldest first."""
+    """The `step-*` folders of a run, oldest first (`.tmp-*`, `.trash-*`, `*.damaged` left out),
+    whole or not."""
     folder = Path(out_dir) / CHECKPOINTS
-    found = [(int(m.group(1)), p) for p in folder.glob("step-*") if (m := STEP_FOLDER.fullmatch(p.name))]
+    found = [(int(m.group(1)), p) for p in folder.glob("step-*")
+             if p.is_dir() and (m := STEP_FOLDER.fullmatch(p.name))]
     return [p for _, p in sorted(found)]
 
 
 def latest_checkpoint(out_dir):
-    """The newest complete checkpoint folder of a run, or None."""
-    checkpoints = list_checkpoints(out_dir)
-    return checkpoints[-1] if checkpoints else None
+    """The newest checkpoint of a run whose manifest verifies (`manifest.damage`), or None."""
+    return next((folder for folder in reversed(list_checkpoints(out_dir)) if damage(folder) is None), None)
+
+
+def _rank():
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _barrier():
@@ -81,8 +101,26 @@ def _barrier():
 def _remove(folder):
     """Delete a folder, renaming it first so that a kill midway leaves no half `step-*`."""
     trash = folder.with_name(f".trash-{folder.name}")
+    if trash.exists():
+        shutil.rmtree(trash)
     folder.rename(trash)
     shutil.rmtree(trash)
+
+
+def _set_aside(folder):
+    """Rename a damaged checkpoint out of the way (`step-N.damaged`, `step-N.damaged-2`, ...)."""
+    target, n = folder.with_name(f"{folder.name}.damaged"), 1
+    while target.exists():
+        n += 1
+        target = folder.with_name(f"{folder.name}.damaged-{n}")
+    folder.rename(target)
+
+
+def _clean_leftovers(out_dir):
+    """Remove the `.tmp-*` and `.trash-*` folders that killed saves and deletions left."""
+    for pattern in (".tmp-*", ".trash-*"):
+        for leftover in (Path(out_dir) / CHECKPOINTS).glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def rng_state():
@@ -113,14 +151,15 @@ def write_model(model, state_dict, folder, base_folder=None):
 
 
 def save_checkpoint(out_dir, step, *, model, state_dict, tokenizer, training_state, optimizer_state,
-                    base_folder=None, keep_last=0):
-    """Write checkpoint `step` of a run atomically; call it on every process.
+                    base_folder=None, keep_last=0, process_state=None):
+    """Write checkpoint `step` of a run durably; call it on every process.
 
     state_dict and optimizer_state: full, gathered on rank 0 (the other ranks' are not read);
-    training_state: {"step", "scheduler"}. Each process adds its RNG state. Only the
-    `keep_last` newest checkpoints are kept (0: all). Returns the checkpoint folder.
+    training_state: {"step", "world_size", "scheduler"}. Each process writes its RNG states and
+    `process_state` (a dict, e.g. {"meter": ...}). Only the `keep_last` newest checkpoints up
+    to `step` are kept (0: all). Returns the checkpoint folder.
     """
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    rank = _rank()
     final = checkpoint_path(out_dir, step)
     temporary = final.with_name(f".tmp-{final.name}")
     if rank == 0:
@@ -133,38 +172,53 @@ def save_checkpoint(out_dir, step, *, model, state_dict, tokenizer, training_sta
         torch.save(training_state, temporary / TRAINING_STATE)
         torch.save(optimizer_state, temporary / OPTIMIZER_STATE)
     _barrier()
-    torch.save(rng_state(), temporary / f"rng_state_{rank}.pt")
+    torch.save({"rng": rng_state(), **(process_state or {})}, temporary / process_state_name(rank))
     _barrier()
     if rank == 0:
-        if final.exists():
-            _remove(final)
+        seal(temporary)
+        if final.exists():  # a damaged checkpoint that resuming skipped: kept, never deleted
+            _set_aside(final)
         temporary.rename(final)
-        checkpoints = list_checkpoints(out_dir)
-        for old in checkpoints[:-keep_last] if keep_last else []:
+        fsync_path(final.parent)
+        kept = [c for c in list_checkpoints(out_dir) if checkpoint_step(c) <= step]
+        for old in kept[:-keep_last] if keep_last else []:
             _remove(old)
+        _clean_leftovers(out_dir)
     _barrier()
     return final
 
 
+def load_state(folder, name):
+    """A torch file of a checkpoint folder, on the CPU; InputError naming it if it cannot be read."""
+    path = Path(folder) / name
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        raise InputError(f"{path}: cannot read this checkpoint file: {error}") from None
+
+
 def load_training_state(folder):
-    """The {"step", "scheduler"} of a checkpoint folder."""
-    return torch.load(Path(folder) / TRAINING_STATE, map_location="cpu", weights_only=True)
+    """The {"step", "world_size", "scheduler"} of a checkpoint folder."""
+    return load_state(folder, TRAINING_STATE)
 
 
 def load_optimizer_state(folder):
     """The full optimizer state of a checkpoint folder, on the CPU."""
-    return torch.load(Path(folder) / OPTIMIZER_STATE, map_location="cpu", weights_only=True)
+    return load_state(folder, OPTIMIZER_STATE)
 
 
-def load_rng_state(folder, rank):
-    """Restore the RNG states that process `rank` saved in a checkpoint folder."""
-    restore_rng_state(torch.load(Path(folder) / f"rng_state_{rank}.pt", weights_only=True))
+def load_process_state(folder, rank):
+    """What process `rank` saved in a checkpoint folder; its RNG states are restored."""
+    state = load_state(folder, process_state_name(rank))
+    restore_rng_state(state["rng"])
+    return state
 
 
 def save_run_checkpoint(out_dir, step, objective, optimizer, scheduler, student, state_options, *,
-                        base_folder=None, keep_last=0):
+                        meter, world_size, base_folder=None, keep_last=0):
     """Checkpoint `step` of a training run: the model's and the optimizer's full states gathered
-    on rank 0 (`state_options`), the scheduler, each process's RNG. Call it on every process."""
+    on rank 0 (`state_options`), the scheduler, each process's RNG and meter. Call it on every
+    process."""
     model_state = get_model_state_dict(objective, options=state_options)
     return save_checkpoint(
         out_dir,
@@ -172,36 +226,9 @@ def save_run_checkpoint(out_dir, step, objective, optimizer, scheduler, student,
         model=student.model,
         tokenizer=student.tokenizer,
         state_dict={k.removeprefix("model."): v for k, v in model_state.items()},
-        training_state={"step": step, "scheduler": scheduler.state_dict()},
+        training_state={"step": step, "world_size": world_size, "scheduler": scheduler.state_dict()},
         optimizer_state=get_optimizer_state_dict(objective, optimizer, options=state_options),
         base_folder=base_folder,
         keep_last=keep_last,
+        process_state={"meter": meter.state_dict()},
     )
-
-
-def resume_checkpoint(out_dir, resume):
-    """The checkpoint to continue from (None for a fresh run); refuses to overwrite a run."""
-    latest = latest_checkpoint(out_dir)
-    if resume and latest is None:
-        raise InputError(f"--resume: no checkpoint in {out_dir / CHECKPOINTS}")
-    if not resume and latest is not None:
-        raise InputError(f"{out_dir} already holds checkpoints: pass --resume to continue, "
-                         "or set train.out_dir to a new folder")
-    return latest
-
-
-def restore(folder, objective, optimizer, scheduler, state_options, rt):
-    """Load a checkpoint's optimizer, scheduler and RNG states; returns its step.
-
-    With several processes only rank 0 reads the optimizer state (twice the model in float32)
-    and broadcasts it: one copy in host memory, not one per process."""
-    state = load_training_state(folder)
-    if rt.world_size == 1:
-        set_optimizer_state_dict(objective, optimizer, load_optimizer_state(folder), options=state_options)
-    else:
-        optimizer_state = load_optimizer_state(folder) if rt.rank == 0 else {}
-        set_optimizer_state_dict(objective, optimizer, optimizer_state,
-                                 options=dataclasses.replace(state_options, broadcast_from_rank0=True))
-    scheduler.load_state_dict(state["scheduler"])
-    load_rng_state(folder, rt.rank)
-    return state["step"]

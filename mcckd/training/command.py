@@ -1,7 +1,7 @@
 """`mcckd train`: the command line of the training loop.
 
-    mcckd train --config configs/tiny_cpu.yaml [--set train.lr=1e-4] [--resume]
-    torchrun --nproc_per_node 8 -m mcckd train --config configs/gpu.yaml
+    mcckd train --config configs/tiny_cpu.yaml [--set train.lr=1e-4] [--resume | --auto-resume]
+    torchrun --nproc_per_node 8 -m mcckd train --config configs/gpu.yaml --auto-resume
 """
 from transformers.utils import logging as transformers_logging
 
@@ -14,8 +14,13 @@ def add_arguments(parser):
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.lr=1e-5 (repeatable)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest checkpoint in train.out_dir")
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_const", const=True, default=False,
+                        help="continue from the newest checkpoint in train.out_dir that verifies "
+                             "(an error when there is none)")
+    resume.add_argument("--auto-resume", dest="resume", action="store_const", const="auto",
+                        help="continue when train.out_dir has a checkpoint, else start a fresh run "
+                             "(for requeue scripts)")
 
 
 def run(args):

@@ -4,8 +4,10 @@
 
 A YAML file holds the sections `model`, `data`, `train` and `eval`; every key it leaves out
 keeps its default. An override `a.b=c` sets one key, its value read as YAML (`null`, `true`,
-`[q_proj, v_proj]`). An unknown key, or a value of the wrong type, raises `InputError` naming
-the key. Relative paths are relative to the working directory.
+`[q_proj, v_proj]`). An unknown key, a value of the wrong type or out of its range, or a
+`model.config` that transformers rejects raises `InputError` naming the key. Relative paths are
+relative to the working directory. The older `train.tensorboard: true/false` is read as
+`train.report_to` with or without tensorboard.
 """
 import dataclasses
 import difflib
@@ -15,11 +17,9 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from mcckd.data.prompts import ANSWER_SENTENCE, FORMATS, prompt_problem
-from mcckd.data.tasks import resolve_task
+from mcckd.data.prompts import ANSWER_SENTENCE
 from mcckd.errors import InputError
-from mcckd.models.attention import ATTENTION_BACKENDS
-from mcckd.models.dtypes import DTYPES
+from mcckd.training.validation import validate
 
 
 @dataclass
@@ -93,10 +93,12 @@ class TrainConfig:
     compile: bool = False  # torch.compile each decoder layer on its own (regional compilation)
     distributed: str = "ddp"  # "ddp" or "fsdp" (FSDP2 fully_shard), under torchrun
     device: str = "auto"  # "auto", "cpu", "cuda"
+    loss_normalization: str = "step"  # "step": CE and KL means over the whole step; "micro_batch"
     log_every: int = 10
     save_every: int = 500  # 0: only at the end
     keep_last: int = 2  # checkpoints kept on disk (0: all)
-    tensorboard: bool = True
+    report_to: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])  # and/or "wandb"
+    wandb_project: str = "mcckd"
     progress_bar: bool = True
 
 
@@ -138,6 +140,7 @@ def load_config(path=None, overrides=()):
             raise InputError(f"{path}: the config must be a mapping of sections, got {type(data).__name__}")
     for override in overrides:
         apply_override(data, override)
+    migrate_tensorboard_key(data)
     config = build(Config, data, "")
     validate(config)
     return config
@@ -160,6 +163,20 @@ def apply_override(data, override):
             child = node[part] = {}
         node = child
     node[last] = value
+
+
+def migrate_tensorboard_key(data):
+    """`train.tensorboard: true/false` (before train.report_to) as report_to with or without it."""
+    train = data.get("train")
+    if not isinstance(train, dict) or "tensorboard" not in train:
+        return
+    tensorboard = train.pop("tensorboard")
+    if not isinstance(tensorboard, bool):
+        raise InputError(f"config key 'train.tensorboard' must be true or false, got {tensorboard!r}")
+    if "report_to" in train:
+        raise InputError("config keys 'train.tensorboard' and 'train.report_to' are both set: "
+                         "list tensorboard in train.report_to only")
+    train["report_to"] = ["jsonl", "tensorboard"] if tensorboard else ["jsonl"]
 
 
 def build(cls, data, prefix):
@@ -229,53 +246,3 @@ def to_number(value, kind, key):
             raise InputError(f"config key '{key}' must be an integer, got {value!r}")
         return kind(value)
     raise InputError(f"config key '{key}' must be a number, got {value!r}")
-
-
-def _require(condition, key, message):
-    if not condition:
-        raise InputError(f"config key '{key}' {message}")
-
-
-def validate(config):
-    """Checks that span keys or values: each failure names its key."""
-    model, data, train, ev = config.model, config.data, config.train, config.eval
-    _require((model.name_or_path is None) != (model.config is None), "model.name_or_path",
-             "or model.config must be set, not both")
-    _require(model.config is None or "model_type" in model.config, "model.config",
-             "needs a 'model_type' (for example llama, qwen2, t5)")
-    choices = ("auto", *ATTENTION_BACKENDS)
-    _require(model.attn_backend in choices, "model.attn_backend", f"must be one of {choices}")
-    _require(model.dtype in DTYPES, "model.dtype", f"must be one of {tuple(DTYPES)}")
-    _require(data.train is not None, "data.train", "must name the training records (JSONL)")
-    _require(data.num_rationales >= 2, "data.num_rationales",
-             "must be at least 2 (the consistency loss compares pairs)")
-    _require(data.max_tokens >= data.num_rationales * data.max_length, "data.max_tokens",
-             f"must hold a whole question: at least data.num_rationales x data.max_length = "
-             f"{data.num_rationales * data.max_length}")
-    validate_prompt_format(data)
-    _require(train.precision in ("auto", "bf16", "fp32"), "train.precision", "must be auto, bf16 or fp32")
-    _require(train.distributed in ("ddp", "fsdp"), "train.distributed", "must be ddp or fsdp")
-    _require(train.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda")
-    _require(train.alpha >= 0, "train.alpha", "must be >= 0")
-    _require(train.temperature > 0, "train.temperature", "must be > 0")
-    _require(train.grad_accum >= 1, "train.grad_accum", "must be at least 1")
-    _require(train.max_steps is None or train.max_steps >= 1, "train.max_steps", "must be at least 1")
-    _require(train.epochs > 0, "train.epochs", "must be > 0")
-    _require(len(train.betas) == 2, "train.betas", "must hold two numbers")
-    _require(train.log_every >= 1, "train.log_every", "must be at least 1")
-    _require(ev.every == 0 or ev.data is not None, "eval.data", "must be set when eval.every > 0")
-    _require(ev.every == 0 or (ev.task or data.task) is not None, "eval.task",
-             "(or data.task) must be set when eval.every > 0")
-    for key, task in (("data.task", data.task), ("eval.task", ev.task)):
-        if task is not None:
-            resolve_task(task, f"config key '{key}'")
-    _require(ev.every == 0 or train.distributed != "fsdp", "eval.every",
-             "must be 0 under FSDP (evaluate the checkpoints with `mcckd eval` instead)")
-
-
-def validate_prompt_format(data):
-    """Checks of the data section's prompt format keys."""
-    _require(data.format in FORMATS, "data.format", f"must be one of {FORMATS}")
-    _require(prompt_problem(data.prompt) is None, "data.prompt", prompt_problem(data.prompt))
-    _require(data.system is None or data.format == "chat", "data.system",
-             "is the system message of data.format: chat")

@@ -1,5 +1,6 @@
 """The student and its fused MCC-KD loss as one module, so that DDP and FSDP see it whole."""
 import weakref
+from typing import NamedTuple
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -9,6 +10,14 @@ from mcckd.models.packed import forward_packed
 from mcckd.models.seq2seq import forward_seq2seq
 from mcckd.models.wrappers import output_layer
 from mcckd.ops import fused_linear_mcc_loss
+
+
+class StepTerms(NamedTuple):
+    """A micro-batch's part of its step's loss: loss = ce + alpha * kl (scalars)."""
+
+    loss: torch.Tensor
+    ce: torch.Tensor
+    kl: torch.Tensor
 
 
 class MCCKDObjective(torch.nn.Module):
@@ -39,8 +48,12 @@ class MCCKDObjective(torch.nn.Module):
             self._head_cast = (key, weight.to(self.dtype))
         return self._head_cast[1]
 
-    def forward(self, batch):
-        """(loss, ce, kl) of a PackedBatch or Seq2SeqBatch; hidden [N, d] -> never [N, V] logits."""
+    def forward(self, batch, shares=None):
+        """StepTerms of a PackedBatch or Seq2SeqBatch; hidden [N, d] -> never [N, V] logits.
+
+        shares: [2] the micro-batch's shares of its step's CE and KL means
+        (`normalization.py`), which weigh its token-mean ce and group-mean kl; None: 1 and 1.
+        """
         if isinstance(batch, Seq2SeqBatch):
             hidden = forward_seq2seq(self.model, batch)
         else:
@@ -51,10 +64,14 @@ class MCCKDObjective(torch.nn.Module):
         # The fused loss sets its own precision (self.dtype operands, float32 accumulation):
         # autocast would recast its matmuls.
         with torch.autocast(hidden.device.type, enabled=False):
-            return fused_linear_mcc_loss(hidden.to(self.dtype), self.head_weight(head.weight), batch.labels,
-                                         batch.answer_index, answer_valid=batch.answer_index >= 0, bias=bias,
-                                         alpha=self.alpha, temperature=self.temperature,
-                                         chunk_size=self.chunk_size)
+            out = fused_linear_mcc_loss(hidden.to(self.dtype), self.head_weight(head.weight), batch.labels,
+                                        batch.answer_index, answer_valid=batch.answer_index >= 0, bias=bias,
+                                        alpha=self.alpha, temperature=self.temperature,
+                                        chunk_size=self.chunk_size)
+        if shares is None:
+            return StepTerms(out.loss, out.ce, out.kl)
+        ce, kl = out.ce * shares[0], out.kl * shares[1]
+        return StepTerms(ce + self.alpha * kl, ce, kl)
 
 
 def _forget_head_cast(objective_ref):

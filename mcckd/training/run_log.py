@@ -1,5 +1,4 @@
-"""What a run logs: the running means of its metrics, metrics.jsonl and TensorBoard."""
-import json
+"""What a run logs: the running means of its metrics, and the trackers they go to."""
 import resource
 import time
 from pathlib import Path
@@ -7,33 +6,48 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from mcckd.training.trackers import TRACKERS
+
 
 class Meter:
-    """Sums of the metrics since the last log line, reduced over processes when read."""
+    """This process's sums of its parts of each step's [loss, ce, kl] since the last log line,
+    the steps and the tokens; read, they are reduced over processes into the mean over those
+    steps of each step's loss, ce and kl. Its state goes into every checkpoint, so the first
+    line after a resume is the line the run never stopped would have written."""
 
     def __init__(self, device):
         self.device = device
         self.reset()
 
     def reset(self):
-        self.sums, self.micro_batches, self.tokens, self.started = 0, 0, 0, time.perf_counter()
+        self.sums = torch.zeros(3, device=self.device)
+        self.steps, self.tokens, self.started = 0, 0, time.perf_counter()
 
-    def add(self, sums, micro_batches, tokens):
+    def add(self, sums, tokens):
+        """One step: `sums` [3] this process's part of its loss, ce and kl; `tokens` its tokens."""
         self.sums = self.sums + sums
-        self.micro_batches += micro_batches
+        self.steps += 1
         self.tokens += tokens
 
     def read(self, rt):
-        """{"loss", "ce", "kl"}: means over all micro-batches since the last read; tokens/s."""
-        counts = torch.tensor([self.micro_batches, self.tokens], dtype=torch.float64, device=self.device)
+        """{"loss", "ce", "kl"}: means over the steps since the last read; tokens/s. Resets."""
+        counts = torch.tensor([self.tokens], dtype=torch.float64, device=self.device)
         totals = torch.cat([self.sums.double(), counts])
         if rt.world_size > 1:
             dist.all_reduce(totals)
-        loss, ce, kl, micro_batches, tokens = totals.tolist()
-        seconds = time.perf_counter() - self.started
+        loss, ce, kl, tokens = totals.tolist()
+        steps, seconds = max(self.steps, 1), time.perf_counter() - self.started
         self.reset()
-        return {"loss": loss / micro_batches, "ce": ce / micro_batches, "kl": kl / micro_batches,
-                "tokens_per_s": tokens / seconds}
+        return {"loss": loss / steps, "ce": ce / steps, "kl": kl / steps, "tokens_per_s": tokens / seconds}
+
+    def state_dict(self):
+        """The sums, steps and tokens since the last read (CPU), for a checkpoint."""
+        return {"sums": self.sums.cpu(), "steps": self.steps, "tokens": self.tokens}
+
+    def load_state_dict(self, state):
+        """Continue from `state_dict()`; the throughput clock restarts now."""
+        self.reset()
+        self.sums, self.steps, self.tokens = state["sums"].to(self.device), state["steps"], state["tokens"]
 
 
 def peak_memory(device):
@@ -44,32 +58,20 @@ def peak_memory(device):
 
 
 class RunLog:
-    """OUT/metrics.jsonl and TensorBoard scalars, written by rank 0; resumed runs drop the
-    entries after their checkpoint's step, which the resumed run writes again."""
+    """The trackers of `train.report_to` (`trackers.py`), written by rank 0 only.
 
-    def __init__(self, out_dir, start_step, tensorboard, *, enabled):
-        self.path, self.writer, self.enabled = Path(out_dir) / "metrics.jsonl", None, enabled
-        if not enabled:
-            return
-        if self.path.exists():
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["step"] <= start_step]
-            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+    A resumed run starts at its checkpoint's step: each tracker drops or overwrites what was
+    logged after it, which the resumed run logs again with the same values."""
 
-            self.writer = SummaryWriter(Path(out_dir) / "tensorboard", purge_step=start_step + 1)
+    def __init__(self, out_dir, start_step, config, *, enabled):
+        names = config.train.report_to if enabled else []
+        self.trackers = [TRACKERS[name](Path(out_dir), start_step, config) for name in names]
 
     def write(self, metrics):
-        if not self.enabled:
-            return
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics) + "\n")
-        if self.writer is not None:
-            for name, value in metrics.items():
-                if name != "step":
-                    self.writer.add_scalar(name, value, metrics["step"])
+        """Log {"step", name: value, ...} to every tracker."""
+        for tracker in self.trackers:
+            tracker.write(metrics)
 
     def close(self):
-        if self.writer is not None:
-            self.writer.close()
+        for tracker in self.trackers:
+            tracker.close()

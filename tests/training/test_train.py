@@ -1,21 +1,13 @@
-"""The training loop: the loss falls, alpha = 0 is plain CE, exact resume after SIGKILL, several
-processes agree with one, T5 and LoRA students, what a run writes."""
-import json
-import os
+"""The training loop: the loss falls, alpha = 0 is plain CE under either normalisation, T5 and
+LoRA students, what a run writes. Resuming: test_resume.py."""
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
-from safetensors.torch import load_file
+from helpers import assert_same_weights, config_of, metrics, settings, synthetic_records, weights
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from mcckd.data import Record, write_records
 from mcckd.data.stream import MicroBatches
 from mcckd.errors import InputError
 from mcckd.models.loading import BASE_SUBFOLDER
@@ -25,71 +17,11 @@ from mcckd.training.checkpoint import checkpoint_path, latest_checkpoint
 from mcckd.training.config import load_config
 from mcckd.training.loop import train
 
-NAMES = ["Tom", "Ana", "Lee", "Mia"]
-
-
-def synthetic_records(n=16):
-    """Addition questions, three differently worded rationales each (two for the last one)."""
-    records = []
-    for i in range(n):
-        a, b, name = 2 + i % 7, 3 + (5 * i) % 11, NAMES[i % 4]
-        total = a + b
-        rationales = [f"{name} has {a} and gets {b}, so {a} + {b} = {total}.",
-                      f"Adding {b} to {a} gives {total}.",
-                      f"{b} plus {a} makes {total} in all."]
-        records.append(Record(f"q{i}", "svamp", f"{name} has {a} pens and gets {b} more. How many pens now?",
-                              str(total), rationales[:2] if i == n - 1 else rationales))
-    return records
-
-
-@pytest.fixture(scope="module")
-def records_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    write_records(path, synthetic_records())
-    return path
-
-
-def settings(records_path, out_dir, **train):
-    """A tiny run's config as nested dicts: random Llama student, CPU, fp32."""
-    return {
-        "model": {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
-                             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                             "max_position_embeddings": 128},
-                  "tokenizer_vocab_size": 300, "attn_backend": "sdpa"},
-        "data": {"train": str(records_path), "task": "svamp", "num_rationales": 3, "max_length": 128,
-                 "max_tokens": 512},
-        "train": {"out_dir": str(out_dir), "device": "cpu", "lr": 3e-3, "log_every": 1, "max_steps": 4,
-                  "tensorboard": False, "progress_bar": False, **train},
-    }
-
-
-def config_of(tree, tmp_path, name="run.yaml"):
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(tree), encoding="utf-8")
-    return path
-
-
-def metrics(out_dir):
-    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def weights(folder, name="model.safetensors"):
-    return load_file(folder / name)
-
-
-def assert_same_weights(a, b, exact=True):
-    assert a.keys() == b.keys()
-    for key in a:
-        if exact:
-            assert torch.equal(a[key], b[key]), key
-        else:
-            torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4, msg=key)
-
 
 def test_the_loss_falls_and_the_run_writes_its_files(records_path, tmp_path):
     out = tmp_path / "run"
     tree = settings(records_path, out, max_steps=60, warmup_steps=3, save_every=20, keep_last=2, lr=1e-2,
-                    tensorboard=True, alpha=0.5)
+                    report_to=["jsonl", "tensorboard"], alpha=0.5)
     tree["eval"] = {"data": str(records_path), "every": 60, "limit": 4, "max_new_tokens": 8}
     result = train(load_config(config_of(tree, tmp_path)))
     logged = metrics(out)
@@ -106,15 +38,17 @@ def test_the_loss_falls_and_the_run_writes_its_files(records_path, tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000040", "step-000060"]
     files = {p.name for p in result["checkpoint"].iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "training_state.pt", "optimizer.pt",
-            "rng_state_0.pt"} <= files
+            "process_state_0.pt", "manifest.json"} <= files
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert load_config(out / "config.yaml").train.alpha == 0.5
     model, tokenizer = load_for_eval(result["checkpoint"])
     assert tokenizer("Tom has 2 pens")["input_ids"] and model.config.model_type == "llama"
 
 
-def test_alpha_zero_is_plain_cross_entropy(records_path, tmp_path):
-    """alpha = 0 trains exactly as token-mean CE over each sequence run on its own."""
+@pytest.mark.parametrize("normalization", ["step", "micro_batch"])
+def test_alpha_zero_is_plain_cross_entropy(records_path, tmp_path, normalization):
+    """alpha = 0 trains exactly as CE over each sequence run on its own: the mean over the step's
+    target tokens ("step"), or the mean of each micro-batch's token means ("micro_batch")."""
     out = tmp_path / "run"
     config = load_config(
         config_of(
@@ -127,6 +61,7 @@ def test_alpha_zero_is_plain_cross_entropy(records_path, tmp_path):
                 min_lr_ratio=1.0,
                 max_grad_norm=None,
                 lr=1e-3,
+                loss_normalization=normalization,
             ),
             tmp_path,
         )
@@ -140,77 +75,22 @@ def test_alpha_zero_is_plain_cross_entropy(records_path, tmp_path):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     micro_batches = MicroBatches(config, list(synthetic_records()), student.tokenizer)
     for step in range(3):
-        for batch in micro_batches.for_step(step):
+        batches = micro_batches.for_step(step)
+        targets = [int((batch.labels != -100).sum()) for batch in batches]
+        assert targets[0] != targets[1]  # the two normalisations differ on this step
+        for batch, n in zip(batches, targets):
             logits = torch.cat(
                 [
                     model(input_ids=batch.input_ids[start:end][None]).logits[0]
                     for start, end in zip(batch.cu_seqlens[:-1].tolist(), batch.cu_seqlens[1:].tolist())
                 ]
             )
-            (F.cross_entropy(logits, batch.labels, ignore_index=-100) / 2).backward()
+            token_sum = F.cross_entropy(logits, batch.labels, ignore_index=-100, reduction="sum")
+            (token_sum / (sum(targets) if normalization == "step" else 2 * n)).backward()
         optimizer.step()
         optimizer.zero_grad()
     plain = {k: v for k, v in model.state_dict().items() if k in trained}
     assert_same_weights(trained, plain, exact=False)
-
-
-def run_command(args, **kwargs):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-def test_sigkill_then_resume_gives_the_same_weights(records_path, tmp_path):
-    tree = settings(records_path, tmp_path / "whole", max_steps=24, save_every=4, keep_last=2, warmup_steps=4)
-    tree["model"]["lora"] = None
-    whole = run_command(["-m", "mcckd", "train", "--config", str(config_of(tree, tmp_path, "whole.yaml"))])
-    tree["train"]["out_dir"] = str(tmp_path / "killed")
-    killed_config = config_of(tree, tmp_path, "killed.yaml")
-    killed = run_command(["-m", "mcckd", "train", "--config", str(killed_config)])
-    while not checkpoint_path(tmp_path / "killed", 8).exists() and killed.poll() is None:
-        time.sleep(0.01)
-    killed.send_signal(signal.SIGKILL)
-    assert killed.wait() == -signal.SIGKILL, killed.stderr.read()
-    stopped_at = int(latest_checkpoint(tmp_path / "killed").name.removeprefix("step-"))
-    assert 8 <= stopped_at < 24
-    resumed = run_command(["-m", "mcckd", "train", "--config", str(killed_config), "--resume"])
-    assert resumed.wait() == 0, resumed.stderr.read()
-    assert whole.wait() == 0, whole.stderr.read()
-    final = checkpoint_path(tmp_path / "whole", 24)
-    assert_same_weights(weights(final), weights(checkpoint_path(tmp_path / "killed", 24)))
-    # the log holds each step once, with the values of the run never stopped (timings aside)
-    whole_log, killed_log = metrics(tmp_path / "whole"), metrics(tmp_path / "killed")
-    assert [m["step"] for m in killed_log] == list(range(1, 25))
-    assert whole_log == [{**k, "tokens_per_s": w["tokens_per_s"], "peak_mem_mb": w["peak_mem_mb"]}
-                         for k, w in zip(killed_log, whole_log)]
-
-
-def torchrun(config_path, *args):
-    return run_command(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "mcckd", "train", "--config", str(config_path), *args])
-
-
-@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
-def test_two_processes_reproduce_one(records_path, tmp_path, distributed):
-    """2 gloo processes with 1 micro-batch each = 1 process accumulating 2: the same steps;
-    and the 2 processes resume from their checkpoint exactly."""
-    tree = settings(records_path, tmp_path / "two", max_steps=3, distributed=distributed, warmup_steps=1,
-                    save_every=2, keep_last=0)
-    two_config = config_of(tree, tmp_path, "two.yaml")
-    two = torchrun(two_config)
-    tree["train"].update(out_dir=str(tmp_path / "one"), grad_accum=2)
-    train(load_config(config_of(tree, tmp_path, "one.yaml")))
-    assert two.wait() == 0, two.stderr.read()
-    one_log, two_log = metrics(tmp_path / "one"), metrics(tmp_path / "two")
-    for key in ("loss", "ce", "kl", "grad_norm", "lr"):
-        assert [m[key] for m in two_log] == pytest.approx([m[key] for m in one_log], rel=1e-5, abs=1e-7)
-    final = weights(checkpoint_path(tmp_path / "two", 3))
-    assert_same_weights(weights(checkpoint_path(tmp_path / "one", 3)), final, exact=False)
-
-    shutil.rmtree(checkpoint_path(tmp_path / "two", 3))
-    resumed = torchrun(two_config, "--resume")
-    assert resumed.wait() == 0, resumed.stderr.read()
-    assert_same_weights(final, weights(checkpoint_path(tmp_path / "two", 3)))
 
 
 def test_a_t5_student_trains(records_path, tmp_path):
