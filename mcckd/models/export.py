@@ -38,6 +38,7 @@ from mcckd.models.dtypes import parse_dtype
 from mcckd.models.loading import (
     BASE_SUBFOLDER,
     adapter_base,
+    check_checkpoint_folder,
     checkpoint_tokenizer,
     load_adapter,
     load_checkpoint,
@@ -64,6 +65,7 @@ def export_checkpoint(checkpoint, out, *, merge_lora=True, dtype=None, safe_seri
     """
     checkpoint, out = Path(checkpoint), Path(out)
     check_target(out)
+    check_checkpoint_folder(checkpoint)
     lora = (checkpoint / "adapter_config.json").is_file()
     dtype = parse_dtype(dtype) or stored_dtype(adapter_base(checkpoint) if lora else checkpoint)
     save_options = serialization_options(safe_serialization, max_shard_size)

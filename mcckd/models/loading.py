@@ -24,16 +24,21 @@ def load_checkpoint(path, *, device="cpu", dtype=torch.float32):
     else the base model's.
     """
     path = Path(path)
+    check_checkpoint_folder(path)
     if (path / "adapter_config.json").is_file():
         base = adapter_base(path)
         model = load_pretrained(base, dtype)
         model = load_adapter(model, path).merge_and_unload()
-    elif (path / "config.json").is_file():
+    else:
         base = path
         model = load_pretrained(path, dtype)
-    else:
-        raise InputError(f"{path}: not a checkpoint folder (no config.json or adapter_config.json)")
     return model.to(device).eval(), checkpoint_tokenizer(path, base)
+
+
+def check_checkpoint_folder(path: Path) -> None:
+    """InputError unless `path` is a model folder (config.json) or LoRA adapters (adapter_config.json)."""
+    if not ((path / "adapter_config.json").is_file() or (path / "config.json").is_file()):
+        raise InputError(f"{path}: not a checkpoint folder (no config.json or adapter_config.json)")
 
 
 def checkpoint_tokenizer(path, base):

@@ -96,6 +96,10 @@ def run(args):
                          "a server applies its own template")
     if args.local and args.temperature == 0:
         raise InputError("--local samples: --temperature must be above 0")
+    if args.local:
+        from mcckd.models.loading import check_checkpoint_folder  # transformers loads only for --local
+
+        check_checkpoint_folder(Path(args.local))
     done, failures = finished_ids(args.out), failures_path(args.out)
     skipped = set() if args.retry_failed else finished_ids(failures) - done
     todo = [record for record in records if record.id not in done and record.id not in skipped]
