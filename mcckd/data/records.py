@@ -54,14 +54,20 @@ class Fields:
     rationales: str | None = None
 
 
-def read_records(path, task=None, *, fields=Fields(), split=None):
+def read_records(path, task=None, *, fields=Fields(), split=None, unique_ids=False):
     """All records of an input (`mcckd.data.sources`); InputError on bad or empty input.
 
     `task` (a name, a Task or a task mapping, see tasks.py) is the task of records that carry
     none (the paper's layout); a record whose own task differs from it is an error. `fields`
-    maps the fields of another layout, `split` chooses the split of a dataset.
+    maps the fields of another layout, `split` chooses the split of a dataset. With
+    `unique_ids`, a repeated id is an error naming both lines (resuming tells records apart by id).
     """
-    records = [record for _, record in iter_records(path, task, fields=fields, split=split)]
+    records, first_seen = [], {}
+    for where, record in iter_records(path, task, fields=fields, split=split):
+        if unique_ids and record.id in first_seen:
+            raise InputError(f"{where}: the id {record.id!r} is already used at {first_seen[record.id]}")
+        first_seen.setdefault(record.id, where)
+        records.append(record)
     if not records:
         raise InputError(f"{path}: no records (the input is empty)")
     return records

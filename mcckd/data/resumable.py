@@ -54,15 +54,6 @@ def record_of_line(line, path, number):
     return record
 
 
-def check_unique_ids(records, path):
-    """InputError when two records share an id: resuming tells questions apart by id."""
-    seen = set()
-    for record in records:
-        if record.id in seen:
-            raise InputError(f"{path}: two records have the id {record.id!r}")
-        seen.add(record.id)
-
-
 def append_lines(handle, records):
     """Append records as JSON lines (a binary handle) and make them durable before returning."""
     handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8"))

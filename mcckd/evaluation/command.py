@@ -37,7 +37,7 @@ import torch
 from mcckd.arguments import non_negative_float, positive_int
 from mcckd.data.input_options import add_input_arguments, input_fields
 from mcckd.data.records import read_records
-from mcckd.data.resumable import check_unique_ids, replace_file
+from mcckd.data.resumable import replace_file
 from mcckd.data.tasks import add_task_arguments, tasks_from_args
 from mcckd.errors import InputError
 from mcckd.evaluation.prompting import add_prompt_arguments, eval_prompt_format
@@ -135,10 +135,7 @@ def read_sets(paths, tasks, *, fields=None, split=None):
                          f"({len(paths)} --data, {len(tasks)} tasks)")
     sets = []
     for path, task in zip(paths, tasks):
-        records = read_records(path, task, fields=fields, split=split)
-        if not records:
-            raise InputError(f"{path}: no records")
-        check_unique_ids(records, path)
+        records = read_records(path, task, fields=fields, split=split, unique_ids=True)
         sets.append((path, task, records))
     return sets
 

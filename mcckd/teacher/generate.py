@@ -37,7 +37,7 @@ from mcckd.arguments import non_negative_float, positive_int
 from mcckd.data.input_options import add_input_arguments, input_fields
 from mcckd.data.prompts import FORMATS, chat_prompt_ids
 from mcckd.data.records import read_records
-from mcckd.data.resumable import append_line, check_unique_ids, finished_ids
+from mcckd.data.resumable import append_line, finished_ids
 from mcckd.data.tasks import add_task_arguments, resolve_task, task_from_args
 from mcckd.errors import InputError
 from mcckd.teacher.client import ChatCompletionsClient, ServerError
@@ -86,8 +86,7 @@ def add_arguments(parser):
 def run(args):
     """`mcckd generate`: sample rationales for the questions not yet in the output file."""
     task = task_from_args(args)
-    records = read_records(args.input, task, fields=input_fields(args), split=args.split)
-    check_unique_ids(records, args.input)
+    records = read_records(args.input, task, fields=input_fields(args), split=args.split, unique_ids=True)
     template = read_prompt(args.prompt)
     if args.endpoint and not args.model:
         raise InputError("--endpoint needs --model, the name of the model the server serves")
