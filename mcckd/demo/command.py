@@ -1,6 +1,6 @@
 """`mcckd demo`: MCC-KD against plain cross-entropy, end to end on a CPU in minutes.
 
-    mcckd demo [--out DIR] [--steps N] [--seed S]
+    mcckd demo [--out DIR] [--steps N] [--seed S | --seeds 0-7] [--threads N]
 
 The task and the teacher are programs (`mcckd.demo.task`): nothing downloads. The demo
 
@@ -23,15 +23,21 @@ What it writes to DIR:
     runs/ce/, runs/mcc/         each run's config.yaml and metrics.jsonl (`mcckd train`'s log)
     eval/{ce,mcc}-{id,ood}/     predictions.jsonl, summary.json, summary.md of each evaluation
     metrics.json, report.md, curves.png
+                                metrics.json's "environment": torch, threads, CPU, platform, versions
+
+The numbers of one run depend on the machine (thread count and CPU change the float path); the
+seed study, `--seeds 0-7` (`mcckd.demo.study`), is how to compare the two students.
 """
 from pathlib import Path
 
 from transformers.utils import logging as transformers_logging
 
 from mcckd.arguments import non_negative_int, positive_int
+from mcckd.demo.environment import MAX_THREADS, free_cores, set_threads
 from mcckd.demo.report import difference_line, results_table
 from mcckd.demo.runner import run_demo
 from mcckd.demo.settings import SEED, SIZES, STEPS
+from mcckd.demo.study import parse_seeds, run_study, summary_table
 
 
 def add_arguments(parser):
@@ -41,16 +47,44 @@ def add_arguments(parser):
     )
     parser.add_argument("--steps", type=positive_int, default=STEPS,
                         help=f"optimizer steps of each student (default: {STEPS})")
-    parser.add_argument("--seed", type=non_negative_int, default=SEED,
-                        help=f"seed of the data, the initialisation and the data order (default: {SEED})")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=non_negative_int, default=SEED,
+                       help=f"seed of the data, the initialisation and the data order (default: {SEED})")
+    seeds.add_argument("--seeds", type=parse_seeds,
+                       help="a seed study: the demo for each seed (0-7, or 0,3,5), resumable; writes "
+                            "DIR/seed-S/ and DIR/study.json, study.md, study.png")
+    parser.add_argument("--threads", type=positive_int,
+                        help=f"torch CPU threads (default: the free cores, at most {MAX_THREADS})")
+
+
+def choose_threads(requested):
+    """Set torch's threads: `requested`, else the free cores (affinity less load), at most
+    MAX_THREADS; returns the line that says which."""
+    free = free_cores()
+    threads = requested or min(MAX_THREADS, free)
+    set_threads(threads)
+    why = "--threads" if requested else f"{free} free cores, at most {MAX_THREADS}"
+    return f"torch threads: {threads} ({why})"
 
 
 def run(args):
     """`mcckd demo`: data, two students, evaluation, report; prints the table."""
     transformers_logging.disable_progress_bar()  # our bars own the terminal
+    print(choose_threads(args.threads), flush=True)
+    if args.seeds:
+        return run_seed_study(args)
     metrics = run_demo(Path(args.out), steps=args.steps, seed=args.seed, sizes=SIZES)
     print()
     print(results_table(metrics))
     print(f"\n{difference_line(metrics)}\nwrote {args.out}/ (report.md, metrics.json, curves.png) "
           f"in {metrics['seconds'] / 60:.1f} minutes")
+    return 0
+
+
+def run_seed_study(args):
+    """`mcckd demo --seeds ...`: the demo per seed, then the paired comparison; prints its table."""
+    study = run_study(Path(args.out), seeds=args.seeds, steps=args.steps, sizes=SIZES)
+    print()
+    print(summary_table(study))
+    print(f"\nwrote {args.out}/ (study.md, study.json, study.png, seed-*/)")
     return 0

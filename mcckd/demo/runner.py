@@ -9,6 +9,7 @@ from tqdm import tqdm
 from mcckd.data import prepare_records, read_records, write_records
 from mcckd.data.records import record_texts
 from mcckd.demo import task as demo_task
+from mcckd.demo.environment import environment
 from mcckd.demo.report import plot_curves, report
 from mcckd.demo.settings import (
     EVAL_BATCH_SIZE,
@@ -53,6 +54,7 @@ def run_demo(out, *, steps, seed, sizes):
         "student": {**STUDENT, "parameters": results["ce"]["parameters"]},
         "training": {**TRAINING, "k": K, "max_tokens": MAX_TOKENS, "max_length": MAX_LENGTH},
         "eval": {"task": demo_task.TASK, "batch_size": EVAL_BATCH_SIZE, "max_new_tokens": MAX_NEW_TOKENS},
+        "environment": environment(),
     }
     plot_curves(out, metrics)
     metrics["seconds"] = round(time.perf_counter() - started, 1)

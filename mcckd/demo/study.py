@@ -1,0 +1,184 @@
+"""`mcckd demo --seeds 0-7`: the demo once per seed, and MCC-KD against CE paired over the seeds.
+
+One run says little: the step at which a student starts solving the problems moves with the seed,
+and the float path moves with the machine. The study runs both students for every seed (same data,
+initialisation and order within a seed), keeps each seed's demo folder DIR/seed-S/ as it finishes
+(a rerun skips the seeds whose metrics.json exists) and writes, per test set, each student's mean
+accuracy and the paired difference MCC-KD - CE with its 95% t-interval over the seeds:
+
+    DIR/seed-S/                  one demo folder per seed (metrics.json, report.md, ...)
+    DIR/study.json, study.md, study.png
+"""
+import argparse
+import json
+import re
+import shutil
+
+from tqdm import tqdm
+
+from mcckd.demo.environment import environment
+from mcckd.demo.intervals import MAX_SAMPLES, mean_interval
+from mcckd.demo.runner import run_demo
+from mcckd.demo.settings import SPLITS, STUDENTS
+from mcckd.errors import InputError
+
+
+def parse_seeds(text: str) -> list[int]:
+    """argparse type: "0-7" or "0,3,5" (or both, "0-3,9"), 2 to MAX_SAMPLES distinct seeds >= 0."""
+    seeds = []
+    for part in text.split(","):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
+        if match is None:
+            raise argparse.ArgumentTypeError(f"expected seeds like 0-7 or 0,3,5, got {text!r}")
+        low, high = int(match[1]), int(match[2] or match[1])
+        if high < low:
+            raise argparse.ArgumentTypeError(f"the range {part.strip()} runs backwards")
+        seeds.extend(range(low, high + 1))
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed appears twice in {text!r}")
+    if not 2 <= len(seeds) <= MAX_SAMPLES:
+        raise argparse.ArgumentTypeError(f"expected 2 to {MAX_SAMPLES} seeds, got {len(seeds)}")
+    return seeds
+
+
+def check_study_folder(out):
+    """A study writes into a new or empty folder, or resumes one that holds only its own files."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a folder: pass another --out")
+    strangers = [p.name for p in out.iterdir() if not p.name.startswith(("seed-", "study."))] \
+        if out.exists() else []
+    if strangers:
+        raise InputError(f"{out} holds files that are not a seed study's ({', '.join(sorted(strangers))}): "
+                         "remove them or pass another --out")
+
+
+def finished_seed(folder, steps, sizes):
+    """The metrics.json of a seed finished earlier with the same steps and test size, else None."""
+    path = folder / "metrics.json"
+    if not path.exists():
+        return None
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    if metrics["steps"] != steps or metrics["task"]["test_questions"] != sizes.test:
+        raise InputError(f"{path} was run with --steps {metrics['steps']} and "
+                         f"{metrics['task']['test_questions']} test questions, not {steps} and {sizes.test}: "
+                         "resume with the same --steps or pass another --out")
+    return metrics
+
+
+def run_study(out, *, seeds, steps, sizes):
+    """Run (or resume) the demo for every seed, then write study.json, study.md, study.png; returns
+    study.json."""
+    check_study_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_seed = {}
+    for seed in seeds:
+        folder = out / f"seed-{seed}"
+        metrics = finished_seed(folder, steps, sizes)
+        if metrics is None:
+            if folder.exists():  # a run stopped part-way: its folder is incomplete
+                shutil.rmtree(folder)
+            tqdm.write(f"\n=== seed {seed} ({len(per_seed) + 1} of {len(seeds)})")
+            metrics = run_demo(folder, steps=steps, seed=seed, sizes=sizes)
+        else:
+            tqdm.write(f"seed {seed}: finished earlier, kept {folder}/metrics.json")
+        per_seed[seed] = metrics
+    study = summarize(per_seed, steps)
+    (out / "study.json").write_text(json.dumps(study, indent=2) + "\n", encoding="utf-8")
+    (out / "study.md").write_text(study_report(study), encoding="utf-8")
+    plot_differences(out, study)
+    return study
+
+
+def summarize(per_seed, steps):
+    """study.json: per seed each student's accuracies; per test set the means and the paired
+    MCC-KD - CE difference (accuracy as a fraction) with its 95% t-interval."""
+    seeds = list(per_seed)
+    accuracy = {name: {split: [per_seed[s][name][f"{split}_acc"] for s in seeds] for split in SPLITS}
+                for name in STUDENTS}
+    splits = {}
+    for split in SPLITS:
+        differences = [m - c for m, c in zip(accuracy["mcc"][split], accuracy["ce"][split])]
+        splits[split] = {**{f"{name}_mean": sum(accuracy[name][split]) / len(seeds) for name in STUDENTS},
+                         "differences": differences, "mcc_minus_ce": mean_interval(differences)}
+    return {
+        "seeds": seeds,
+        "steps": steps,
+        "test_questions": per_seed[seeds[0]]["task"]["test_questions"],
+        "per_seed": [{"seed": s, **{name: {split: accuracy[name][split][i] for split in SPLITS}
+                                    for name in STUDENTS},
+                      "environment": per_seed[s].get("environment")} for i, s in enumerate(seeds)],
+        "splits": splits,
+        "environment": environment(),
+    }
+
+
+def points(value):
+    """A fraction as signed percentage points, "+3.2"."""
+    return f"{100 * value:+.1f}"
+
+
+def summary_table(study):
+    """The study's result as a markdown table, one row per test set."""
+    lines = ["| test set | CE only | MCC-KD | MCC-KD - CE (mean) | 95% t-interval |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for split, label in SPLITS.items():
+        row, difference = study["splits"][split], study["splits"][split]["mcc_minus_ce"]
+        lines.append(f"| {label} | {100 * row['ce_mean']:.1f}% | {100 * row['mcc_mean']:.1f}% "
+                     f"| {points(difference['mean'])} points "
+                     f"| [{points(difference['low'])}, {points(difference['high'])}] |")
+    return "\n".join(lines)
+
+
+def study_report(study):
+    """study.md."""
+    seeds = study["per_seed"]
+    rows = [f"| {row['seed']} | " + " | ".join(
+        f"{100 * row['ce'][split]:.1f}% | {100 * row['mcc'][split]:.1f}% | {points(row['mcc'][split] - row['ce'][split])}"
+        for split in SPLITS) + " |" for row in seeds]
+    return "\n".join([
+        f"# mcckd demo: MCC-KD against CE over {len(seeds)} seeds",
+        "",
+        summary_table(study),
+        "",
+        f"Mean accuracies over seeds {', '.join(str(s) for s in study['seeds'])}, {study['steps']} steps, "
+        f"{study['test_questions']} questions in each test set. The difference is paired by seed (the two "
+        "students of a seed share data, initialisation and order); its interval is mean -/+ "
+        "t(0.975, n-1) * sd / sqrt(n) over the n seeds. An interval that holds 0 shows no difference.",
+        "",
+        "| seed | CE, in-distr. | MCC-KD, in-distr. | difference | CE, out-of-distr. | MCC-KD, out-of-distr. "
+        "| difference |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
+        "",
+        "Each seed's folder `seed-S/` holds its report.md and metrics.json (with the machine it ran on).",
+        "",
+        "![paired differences](study.png)",
+        "",
+    ])
+
+
+def plot_differences(out, study):
+    """study.png: per test set, each seed's MCC-KD - CE difference with the mean and its interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(SPLITS), figsize=(10, 4), sharey=True)
+    seeds = study["seeds"]
+    for axis, (split, label) in zip(axes, SPLITS.items()):
+        row, difference = study["splits"][split], study["splits"][split]["mcc_minus_ce"]
+        axis.axhspan(100 * difference["low"], 100 * difference["high"], color="tab:orange", alpha=0.2,
+                     label="95% t-interval")
+        axis.axhline(100 * difference["mean"], color="tab:orange", label="mean")
+        axis.axhline(0, color="black", linewidth=0.8)
+        axis.plot(range(len(seeds)), [100 * d for d in row["differences"]], "o", color="tab:blue",
+                  label="one seed")
+        axis.set(title=label, xlabel="seed", xticks=range(len(seeds)), xticklabels=[str(s) for s in seeds])
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("MCC-KD - CE accuracy, points")
+    axes[0].legend(fontsize=8)
+    figure.suptitle(f"mcckd demo seed study, {study['steps']} steps")
+    figure.tight_layout()
+    figure.savefig(out / "study.png", dpi=110)
+    plt.close(figure)
