@@ -55,7 +55,8 @@ def report(metrics):
             difference_line(metrics),
             "Each student learns to solve the problems, rather than only to write like the teacher, in a "
             "fairly sudden phase (see the curves) whose step moves with the seed; one run each says little "
-            "about MCC-KD against CE: compare several seeds (`--seed`).",
+            "about MCC-KD against CE, and its numbers change with the machine (see metrics.json's "
+            "environment): compare the students over seeds with `mcckd demo --seeds 0-7`.",
             "",
             f"- Both students: the same random {student['parameters']:,}-parameter Llama "
             f"({student['num_hidden_layers']} layers, width {student['hidden_size']}), the same "

@@ -1,32 +1,51 @@
 """`mcckd demo`, fast variant (small data, two steps): every artefact is written, the two students
-differ only in alpha, and `mcckd eval` on a saved checkpoint reproduces the demo's numbers."""
+differ only in alpha, `mcckd eval` on a saved checkpoint reproduces the demo's numbers, a second run
+gives the same numbers, and a seed study resumes from a finished seed."""
 import contextlib
 import io
 import json
 import re
+import shutil
 
 import pytest
+import torch
 import yaml
 from transformers import AutoTokenizer
 
 from mcckd.cli import main
 from mcckd.data import extract_answer, read_records
 from mcckd.demo import command, settings
+from mcckd.demo.intervals import mean_interval
 from mcckd.demo.report import difference_line, results_table
+from mcckd.demo.study import summary_table
 
 SMALL = settings.Sizes(train=48, test=12, curve=4, teacher_samples=8)
 STEPS, SEED = 2, 3
+TIMINGS = ("seconds", "train_seconds")
+
+
+def small_demo(*arguments):
+    """What `mcckd demo ... --steps STEPS --threads 1` printed, with the small sizes."""
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(command, "SIZES", SMALL)
+        assert main(["demo", *arguments, "--steps", str(STEPS), "--threads", "1"]) == 0
+    return printed.getvalue()
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """(out folder, metrics.json, what the command printed) of one small demo run."""
     out = tmp_path_factory.mktemp("demo") / "out"
-    printed = io.StringIO()
-    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
-        patch.setattr(command, "SIZES", SMALL)
-        assert main(["demo", "--out", str(out), "--steps", str(STEPS), "--seed", str(SEED)]) == 0
-    return out, json.loads((out / "metrics.json").read_text()), printed.getvalue()
+    printed = small_demo("--out", str(out), "--seed", str(SEED))
+    return out, json.loads((out / "metrics.json").read_text()), printed
+
+
+def without_timings(tree):
+    """metrics.json less its wall-clock times."""
+    if isinstance(tree, dict):
+        return {key: without_timings(value) for key, value in tree.items() if key not in TIMINGS}
+    return tree
 
 
 def jsonl(path):
@@ -129,3 +148,46 @@ def test_a_folder_in_use_is_refused(finished, capsys):
     out, _, _ = finished
     assert main(["demo", "--out", str(out), "--steps", "1"]) == 2
     assert "exists and is not an empty folder" in capsys.readouterr().err
+
+
+def test_the_environment_is_recorded(finished):
+    _, metrics, printed = finished
+    environment = metrics["environment"]
+    assert printed.startswith("torch threads: 1 (--threads)\n")
+    assert environment["threads"] == 1 and environment["torch"] == torch.__version__
+    assert set(environment) == {"torch", "threads", "interop_threads", "cpu", "platform", "python", "mcckd"}
+
+
+def test_a_second_run_gives_the_same_numbers(finished, tmp_path):
+    _, metrics, _ = finished
+    small_demo("--out", str(tmp_path / "again"), "--seed", str(SEED))
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    for name in settings.STUDENTS:
+        assert again[name]["final_loss"] == metrics[name]["final_loss"]
+        assert again[name]["final_kl"] == metrics[name]["final_kl"]
+        assert again[name]["id_acc"] == metrics[name]["id_acc"]
+    assert without_timings(again) == without_timings(metrics)
+
+
+def test_a_seed_study_keeps_a_finished_seed_and_pairs_the_students(finished, tmp_path):
+    out, first, _ = finished
+    study_dir = tmp_path / "study"
+    shutil.copytree(out, study_dir / f"seed-{SEED}")
+    kept = (study_dir / f"seed-{SEED}" / "metrics.json").stat().st_mtime_ns
+    printed = small_demo("--out", str(study_dir), "--seeds", f"{SEED}-{SEED + 1}")
+    assert (study_dir / f"seed-{SEED}" / "metrics.json").stat().st_mtime_ns == kept
+    second = json.loads((study_dir / f"seed-{SEED + 1}" / "metrics.json").read_text())
+    assert second["seed"] == SEED + 1 and second["steps"] == STEPS
+    study = json.loads((study_dir / "study.json").read_text())
+    assert study["seeds"] == [SEED, SEED + 1]
+    for split in settings.SPLITS:
+        differences = [m["mcc"][f"{split}_acc"] - m["ce"][f"{split}_acc"] for m in (first, second)]
+        assert study["splits"][split]["differences"] == differences
+        assert study["splits"][split]["mcc_minus_ce"] == mean_interval(differences)
+        ce = [m["ce"][f"{split}_acc"] for m in (first, second)]
+        assert study["splits"][split]["ce_mean"] == sum(ce) / 2
+    table = summary_table(study)
+    assert table in printed and table in (study_dir / "study.md").read_text()
+    assert (study_dir / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    small_demo("--out", str(study_dir), "--seeds", f"{SEED}-{SEED + 1}")  # resumed: both seeds kept
+    assert json.loads((study_dir / f"seed-{SEED + 1}" / "metrics.json").read_text()) == second
