@@ -174,10 +174,13 @@ def test_a_seed_study_keeps_a_finished_seed_and_pairs_the_students(finished, tmp
     study_dir = tmp_path / "study"
     shutil.copytree(out, study_dir / f"seed-{SEED}")
     kept = (study_dir / f"seed-{SEED}" / "metrics.json").stat().st_mtime_ns
+    (study_dir / f"seed-{SEED + 1}").mkdir()  # a run stopped part-way: started again
+    (study_dir / f"seed-{SEED + 1}" / "teacher.jsonl").write_text("")
     printed = small_demo("--out", str(study_dir), "--seeds", f"{SEED}-{SEED + 1}")
     assert (study_dir / f"seed-{SEED}" / "metrics.json").stat().st_mtime_ns == kept
     second = json.loads((study_dir / f"seed-{SEED + 1}" / "metrics.json").read_text())
     assert second["seed"] == SEED + 1 and second["steps"] == STEPS
+    assert not (study_dir / f"seed-{SEED + 1}" / "teacher.jsonl").exists()
     study = json.loads((study_dir / "study.json").read_text())
     assert study["seeds"] == [SEED, SEED + 1]
     for split in settings.SPLITS:

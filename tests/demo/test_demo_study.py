@@ -1,0 +1,51 @@
+"""`mcckd demo --seeds` refuses what it cannot resume: a folder holding other files, a finished
+seed run with other settings, bad seed lists; each is one error line, before any training."""
+import json
+
+import pytest
+
+from mcckd import cli
+from mcckd.demo import command, settings
+
+SMALL = settings.Sizes(train=48, test=12, curve=4, teacher_samples=8)
+
+
+def refused(argv, capsys):
+    """The one `mcckd: error:` line of a refused command (exit code 2)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(command, "SIZES", SMALL)
+        assert cli.main(["demo", *argv, "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error: " in line]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_a_folder_with_other_files_is_refused(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine\n")
+    line = refused(["--out", str(tmp_path), "--seeds", "0-1"], capsys)
+    assert f"{tmp_path} holds files that are not a seed study's (notes.txt)" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize(("steps", "test_questions"), [(5, SMALL.test), (2, SMALL.test + 1)])
+def test_a_seed_finished_with_other_settings_is_refused(tmp_path, capsys, steps, test_questions):
+    (tmp_path / "seed-0").mkdir()
+    metrics = {"steps": steps, "task": {"test_questions": test_questions}}
+    (tmp_path / "seed-0" / "metrics.json").write_text(json.dumps(metrics))
+    line = refused(["--out", str(tmp_path), "--seeds", "0-1", "--steps", "2"], capsys)
+    assert f"seed-0/metrics.json was run with --steps {steps} and {test_questions} test questions" in line
+    assert not (tmp_path / "seed-1").exists()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--seeds", "0-40"], "argument --seeds: expected 2 to 31 seeds, got 41"),
+    (["--seeds", "x"], "argument --seeds: expected seeds like 0-7 or 0,3,5, got 'x'"),
+    (["--seed", "1", "--seeds", "0-1"], "argument --seeds: not allowed with argument --seed"),
+    (["--threads", "0"], "argument --threads: expected an integer >= 1, got 0"),
+])
+def test_bad_arguments_are_refused(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["demo", "--out", str(tmp_path / "out"), *argv])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
