@@ -1,6 +1,6 @@
 """`mcckd demo`: MCC-KD against plain cross-entropy, end to end on a CPU in minutes.
 
-    mcckd demo [--out DIR] [--steps N] [--seed S | --seeds 0-7] [--threads N]
+    mcckd demo [--out DIR] [--steps N] [--seed S | --seeds 0-7 [--workers W]] [--threads N]
 
 The task and the teacher are programs (`mcckd.demo.task`): nothing downloads. The demo
 
@@ -38,6 +38,7 @@ from mcckd.demo.report import difference_line, results_table
 from mcckd.demo.runner import run_demo
 from mcckd.demo.settings import SEED, SIZES, STEPS
 from mcckd.demo.study import parse_seeds, run_study, summary_table
+from mcckd.errors import InputError
 
 
 def add_arguments(parser):
@@ -53,6 +54,8 @@ def add_arguments(parser):
     seeds.add_argument("--seeds", type=parse_seeds,
                        help="a seed study: the demo for each seed (0-7, or 0,3,5), resumable; writes "
                             "DIR/seed-S/ and DIR/study.json, study.md, study.png")
+    parser.add_argument("--workers", type=positive_int, default=1,
+                        help="with --seeds: seeds run at once, each in a process of one thread (default: 1)")
     parser.add_argument("--threads", type=positive_int,
                         help=f"torch CPU threads (default: the free cores, at most {MAX_THREADS})")
 
@@ -67,10 +70,22 @@ def choose_threads(requested):
     return f"torch threads: {threads} ({why})"
 
 
+def check_workers(args):
+    """--workers needs --seeds, and sets each worker's threads itself."""
+    if not args.seeds:
+        raise InputError("--workers runs several seeds at once: pass --seeds too")
+    if args.threads:
+        raise InputError("--workers runs each seed with one thread: leave out --threads")
+
+
 def run(args):
     """`mcckd demo`: data, two students, evaluation, report; prints the table."""
     transformers_logging.disable_progress_bar()  # our bars own the terminal
-    print(choose_threads(args.threads), flush=True)
+    if args.workers > 1:
+        check_workers(args)
+        print(f"torch threads: 1 in each of {args.workers} worker processes (--workers)", flush=True)
+    else:
+        print(choose_threads(args.threads), flush=True)
     if args.seeds:
         return run_seed_study(args)
     metrics = run_demo(Path(args.out), steps=args.steps, seed=args.seed, sizes=SIZES)
@@ -83,7 +98,7 @@ def run(args):
 
 def run_seed_study(args):
     """`mcckd demo --seeds ...`: the demo per seed, then the paired comparison; prints its table."""
-    study = run_study(Path(args.out), seeds=args.seeds, steps=args.steps, sizes=SIZES)
+    study = run_study(Path(args.out), seeds=args.seeds, steps=args.steps, sizes=SIZES, workers=args.workers)
     print()
     print(summary_table(study))
     print(f"\nwrote {args.out}/ (study.md, study.json, study.png, seed-*/)")

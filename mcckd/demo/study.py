@@ -2,21 +2,27 @@
 
 One run says little: the step at which a student starts solving the problems moves with the seed,
 and the float path moves with the machine. The study runs both students for every seed (same data,
-initialisation and order within a seed), keeps each seed's demo folder DIR/seed-S/ as it finishes
-(a rerun skips the seeds whose metrics.json exists) and writes, per test set, each student's mean
-accuracy and the paired difference MCC-KD - CE with its 95% t-interval over the seeds:
+initialisation and order within a seed), one seed after the other or in `workers` processes of
+one thread each, keeps each seed's demo folder DIR/seed-S/ as it finishes (a rerun skips the seeds
+whose metrics.json exists) and writes, per test set, each student's mean accuracy and the paired
+difference MCC-KD - CE with its 95% t-interval over the seeds:
 
     DIR/seed-S/                  one demo folder per seed (metrics.json, report.md, ...)
+    DIR/seed-S.log               what a worker process printed for that seed (workers > 1)
     DIR/study.json, study.md, study.png
 """
 import argparse
+import contextlib
 import json
 import re
 import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 
 from tqdm import tqdm
+from transformers.utils import logging as transformers_logging
 
-from mcckd.demo.environment import environment
+from mcckd.demo.environment import environment, set_threads
 from mcckd.demo.intervals import MAX_SAMPLES, mean_interval
 from mcckd.demo.runner import run_demo
 from mcckd.demo.settings import SPLITS, STUDENTS
@@ -65,28 +71,57 @@ def finished_seed(folder, steps, sizes):
     return metrics
 
 
-def run_study(out, *, seeds, steps, sizes):
+def run_study(out, *, seeds, steps, sizes, workers=1):
     """Run (or resume) the demo for every seed, then write study.json, study.md, study.png; returns
     study.json."""
     check_study_folder(out)
     out.mkdir(parents=True, exist_ok=True)
-    per_seed = {}
+    todo = []
     for seed in seeds:
         folder = out / f"seed-{seed}"
-        metrics = finished_seed(folder, steps, sizes)
-        if metrics is None:
-            if folder.exists():  # a run stopped part-way: its folder is incomplete
-                shutil.rmtree(folder)
-            tqdm.write(f"\n=== seed {seed} ({len(per_seed) + 1} of {len(seeds)})")
-            metrics = run_demo(folder, steps=steps, seed=seed, sizes=sizes)
-        else:
+        if finished_seed(folder, steps, sizes) is not None:
             tqdm.write(f"seed {seed}: finished earlier, kept {folder}/metrics.json")
-        per_seed[seed] = metrics
-    study = summarize(per_seed, steps)
+            continue
+        if folder.exists():  # a run stopped part-way: its folder is incomplete
+            shutil.rmtree(folder)
+        todo.append(seed)
+    if workers == 1:
+        for i, seed in enumerate(todo, 1):
+            tqdm.write(f"\n=== seed {seed} ({i} of {len(todo)} to run)")
+            run_demo(out / f"seed-{seed}", steps=steps, seed=seed, sizes=sizes)
+    else:
+        run_in_workers(out, todo, steps, sizes, workers)
+    study = summarize({seed: finished_seed(out / f"seed-{seed}", steps, sizes) for seed in seeds}, steps)
     (out / "study.json").write_text(json.dumps(study, indent=2) + "\n", encoding="utf-8")
     (out / "study.md").write_text(study_report(study), encoding="utf-8")
     plot_differences(out, study)
     return study
+
+
+def run_in_workers(out, seeds, steps, sizes, workers):
+    """The demo for each seed in `workers` fresh processes of one torch thread each; each writes
+    its seed's folder and its output to DIR/seed-S.log."""
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=start_worker) as pool:
+        running = {pool.submit(run_logged, out, seed, steps, sizes): seed for seed in seeds}
+        tqdm.write(f"{len(seeds)} seeds in {workers} workers; each writes DIR/seed-S.log")
+        for done, future in enumerate(as_completed(running), 1):
+            metrics = future.result()
+            tqdm.write(f"seed {running[future]} finished ({done} of {len(seeds)}): MCC-KD - CE "
+                       + ", ".join(f"{points(metrics['mcc_minus_ce'][f'{split}_acc'])} points {label}"
+                                   for split, label in SPLITS.items()))
+
+
+def start_worker():
+    """A worker process's set-up: one torch thread, no download progress bars."""
+    set_threads(1)
+    transformers_logging.disable_progress_bar()
+
+
+def run_logged(out, seed, steps, sizes):
+    """One worker's job: the demo for `seed`, its output to DIR/seed-S.log; returns metrics.json."""
+    with open(out / f"seed-{seed}.log", "w", encoding="utf-8") as log, \
+            contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        return run_demo(out / f"seed-{seed}", steps=steps, seed=seed, sizes=sizes)
 
 
 def summarize(per_seed, steps):
@@ -145,9 +180,10 @@ def study_report(study):
         "",
         summary_table(study),
         "",
-        f"Mean accuracies over seeds {', '.join(str(s) for s in study['seeds'])}, {study['steps']} steps, "
-        f"{study['test_questions']} questions in each test set. The difference is paired by seed (the two "
-        "students of a seed share data, initialisation and order); its interval is mean -/+ "
+        f"Mean accuracies over the {len(seeds)} seeds {', '.join(str(s) for s in study['seeds'])}, each "
+        f"run for {study['steps']} steps, with {study['test_questions']} questions in each test set. "
+        "The difference is paired by seed (the two students of a seed share data, initialisation and "
+        "order); its interval is mean -/+ "
         "t(0.975, n-1) * sd / sqrt(n) over the n seeds. An interval that holds 0 shows no difference.",
         "",
         "| seed | CE, in-distr. | MCC-KD, in-distr. | difference | CE, out-of-distr. | MCC-KD, out-of-distr. "

@@ -194,3 +194,20 @@ def test_a_seed_study_keeps_a_finished_seed_and_pairs_the_students(finished, tmp
     assert (study_dir / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     small_demo("--out", str(study_dir), "--seeds", f"{SEED}-{SEED + 1}")  # resumed: both seeds kept
     assert json.loads((study_dir / f"seed-{SEED + 1}" / "metrics.json").read_text()) == second
+
+
+def test_seeds_in_worker_processes_give_the_single_run_numbers(finished, tmp_path):
+    _, first, _ = finished
+    study_dir = tmp_path / "study"
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(command, "SIZES", SMALL)
+        assert main(["demo", "--out", str(study_dir), "--steps", str(STEPS), "--seeds", f"{SEED}-{SEED + 1}",
+                     "--workers", "2"]) == 0
+    assert printed.getvalue().startswith("torch threads: 1 in each of 2 worker processes (--workers)\n")
+    again = json.loads((study_dir / f"seed-{SEED}" / "metrics.json").read_text())
+    assert again["environment"]["threads"] == 1
+    del again["environment"]
+    assert without_timings(again) == without_timings({k: v for k, v in first.items() if k != "environment"})
+    assert "micro-batches an epoch" in (study_dir / f"seed-{SEED + 1}.log").read_text()
+    assert json.loads((study_dir / "study.json").read_text())["seeds"] == [SEED, SEED + 1]

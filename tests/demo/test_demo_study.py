@@ -43,9 +43,20 @@ def test_a_seed_finished_with_other_settings_is_refused(tmp_path, capsys, steps,
     (["--seeds", "x"], "argument --seeds: expected seeds like 0-7 or 0,3,5, got 'x'"),
     (["--seed", "1", "--seeds", "0-1"], "argument --seeds: not allowed with argument --seed"),
     (["--threads", "0"], "argument --threads: expected an integer >= 1, got 0"),
+    (["--workers", "0", "--seeds", "0-1"], "argument --workers: expected an integer >= 1, got 0"),
 ])
 def test_bad_arguments_are_refused(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as stopped:
         cli.main(["demo", "--out", str(tmp_path / "out"), *argv])
     assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--workers", "2"], "--workers runs several seeds at once: pass --seeds too"),
+    (["--workers", "2", "--seeds", "0-1", "--threads", "2"], "--workers runs each seed with one thread"),
+])
+def test_workers_without_seeds_or_with_threads_are_refused(tmp_path, capsys, argv, message):
+    assert cli.main(["demo", "--out", str(tmp_path / "out"), *argv]) == 2
+    assert f"mcckd: error: {message}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
