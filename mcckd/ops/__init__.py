@@ -4,6 +4,7 @@
     pairwise_kl_triton.py  its Triton kernels and autograd Function
     linear_mcc.py          fused_linear_mcc_loss: lm_head + CE + consistency, no [N, V] logits
     cross_entropy.py       the cross-entropy rows of a logits tile (Triton and PyTorch)
+    cross_entropy_torch.py the same rows in PyTorch ops (the CPU path, no triton)
     matmul.py              products written in float32 whatever the operands
     reference.py           the PyTorch specification of every op (and its CPU path)
     backends.py            backend names, resolution, availability
