@@ -62,3 +62,9 @@ def test_command_line_help_without_triton():
     result = _run(NO_TRITON + code)
     assert result.returncode == 0, result.stderr
     assert "usage" in result.stdout.lower()
+
+
+def test_native_available_reports_the_missing_extension():
+    from mcckd.ops import native_available
+
+    assert native_available() is False

@@ -10,13 +10,14 @@
     backends.py            backend names, resolution, availability
     validation.py          argument checks that name the argument
 """
-from mcckd.ops.backends import OP_BACKENDS
+from mcckd.ops.backends import OP_BACKENDS, native_available
 from mcckd.ops.linear_mcc import LinearMCCOutput, MCCKDLoss, fused_linear_mcc_loss
 from mcckd.ops.pairwise_kl import PairwiseSymKL, pairwise_sym_kl
 from mcckd.ops.reference import fused_linear_mcc_reference, pairwise_sym_kl_reference
 
 __all__ = [
     "OP_BACKENDS",
+    "native_available",
     "LinearMCCOutput",
     "MCCKDLoss",
     "PairwiseSymKL",

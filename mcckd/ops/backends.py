@@ -7,6 +7,7 @@
 "auto" is Triton for CUDA tensors it can take, and the references everywhere else. Both ops
 (`pairwise_sym_kl`, `fused_linear_mcc_loss`) resolve their `backend` argument here.
 """
+import functools
 from collections.abc import Callable
 
 import torch
@@ -56,3 +57,13 @@ def check_triton_can_run(name: str, tensor: torch.Tensor, load_kernel: Callable[
             f"{name} is on {tensor.device}: backend='triton' needs CUDA tensors, "
             "or TRITON_INTERPRET=1 set before mcckd is imported"
         )
+
+
+@functools.cache
+def native_available() -> bool:
+    """True when the compiled C++ CPU extension (`mcckd._native`) can be loaded; it is not built yet."""
+    try:
+        import mcckd._native  # noqa: F401
+    except ImportError:
+        return False
+    return True
