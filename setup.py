@@ -17,7 +17,7 @@ setup(
     install_requires=[
         # torch is pinned by the installer (CPU build in CI, CUDA build on GPUs): a range here.
         "torch>=2.4",
-        "triton>=3.0",
+        "triton>=3.0; platform_system == 'Linux'",  # the GPU kernels only
         "transformers>=4.48",
         "tokenizers>=0.20",
         "safetensors>=0.4",

@@ -4,18 +4,20 @@
     pairwise_kl_triton.py  its Triton kernels and autograd Function
     linear_mcc.py          fused_linear_mcc_loss: lm_head + CE + consistency, no [N, V] logits
     cross_entropy.py       the cross-entropy rows of a logits tile (Triton and PyTorch)
+    cross_entropy_torch.py the same rows in PyTorch ops (the CPU path, no triton)
     matmul.py              products written in float32 whatever the operands
     reference.py           the PyTorch specification of every op (and its CPU path)
     backends.py            backend names, resolution, availability
     validation.py          argument checks that name the argument
 """
-from mcckd.ops.backends import OP_BACKENDS
+from mcckd.ops.backends import OP_BACKENDS, native_available
 from mcckd.ops.linear_mcc import LinearMCCOutput, MCCKDLoss, fused_linear_mcc_loss
 from mcckd.ops.pairwise_kl import PairwiseSymKL, pairwise_sym_kl
 from mcckd.ops.reference import fused_linear_mcc_reference, pairwise_sym_kl_reference
 
 __all__ = [
     "OP_BACKENDS",
+    "native_available",
     "LinearMCCOutput",
     "MCCKDLoss",
     "PairwiseSymKL",

@@ -7,6 +7,9 @@
 "auto" is Triton for CUDA tensors it can take, and the references everywhere else. Both ops
 (`pairwise_sym_kl`, `fused_linear_mcc_loss`) resolve their `backend` argument here.
 """
+import functools
+from collections.abc import Callable
+
 import torch
 
 from mcckd.ops.validation import check_choice
@@ -16,16 +19,20 @@ OP_BACKENDS = ("auto", "triton", "torch")
 MAX_TRITON_K = 16
 
 
-def resolve_backend(backend: str, tensor: torch.Tensor, kernel, *, name: str, k: int | None = None) -> str:
+def resolve_backend(backend: str, tensor: torch.Tensor, load_kernel: Callable[[], object], *, name: str,
+                    k: int | None = None) -> str:
     """The backend that runs an op on `tensor` (the argument `name`) with `k` rows per group.
 
-    `kernel` is one of the op's Triton kernels (it tells whether Triton runs interpreted).
+    `load_kernel()` imports and returns one of the op's Triton kernels (it tells whether Triton
+    runs interpreted); it is called only for backend 'triton', so the CPU path never imports triton.
     ValueError, naming the argument, when the chosen backend cannot take the input.
     """
     check_choice("backend", backend, OP_BACKENDS)
     if backend == "auto":
+        from mcckd.ops.launch import triton_importable
+
         fits = tensor.dtype != torch.float64 and (k is None or k <= MAX_TRITON_K)
-        return "triton" if tensor.is_cuda and fits else "torch"
+        return "triton" if tensor.is_cuda and fits and triton_importable() else "torch"
     if backend == "triton":
         if tensor.dtype == torch.float64:
             raise ValueError(f"{name} must be float32, bfloat16 or float16 for backend='triton' "
@@ -33,16 +40,30 @@ def resolve_backend(backend: str, tensor: torch.Tensor, kernel, *, name: str, k:
         if k is not None and k > MAX_TRITON_K:
             raise ValueError(f"{name} must have K <= {MAX_TRITON_K} for backend='triton', got K={k} "
                              "(use backend='torch')")
-        check_triton_can_run(name, tensor, kernel)
+        check_triton_can_run(name, tensor, load_kernel)
     return backend
 
 
-def check_triton_can_run(name: str, tensor: torch.Tensor, kernel) -> None:
-    """ValueError unless `tensor` is on CUDA or `kernel` runs under Triton's interpreter."""
-    from mcckd.ops.launch import is_interpreted
+def check_triton_can_run(name: str, tensor: torch.Tensor, load_kernel: Callable[[], object]) -> None:
+    """ValueError unless triton is installed and `tensor` is on CUDA or the kernel runs under
+    Triton's interpreter."""
+    from mcckd.ops.launch import is_interpreted, triton_importable
 
-    if not tensor.is_cuda and not is_interpreted(kernel):
+    if not triton_importable():
+        raise ValueError(f"{name}: backend='triton' needs the triton package (installed on Linux only); "
+                         "use backend='torch'")
+    if not tensor.is_cuda and not is_interpreted(load_kernel()):
         raise ValueError(
             f"{name} is on {tensor.device}: backend='triton' needs CUDA tensors, "
             "or TRITON_INTERPRET=1 set before mcckd is imported"
         )
+
+
+@functools.cache
+def native_available() -> bool:
+    """True when the compiled C++ CPU extension (`mcckd._native`) can be loaded; it is not built yet."""
+    try:
+        import mcckd._native  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -6,10 +6,9 @@ For row r with logits z_r [V] (+ bias) and target y_r:
 
 both 0 on rows whose target is ignore_index. Two backends with one signature: a Triton kernel
 (one program per row, an online log-sum-exp over [BLOCK_V] tiles, then a second read that
-writes the gradient) and the same in PyTorch ops (the CPU path). `linear_mcc.py` calls them
-on every chunk of tokens.
+writes the gradient) and the same in PyTorch ops (`cross_entropy_torch.py`, the CPU path).
+`linear_mcc.py` calls them on every chunk of tokens.
 """
-import torch
 import triton
 import triton.language as tl
 
@@ -79,22 +78,3 @@ def cross_entropy_rows_triton(logits, bias, labels, ignore_index, loss_out, grad
         V, logits.stride(0), grad_out.stride(0) if has_grad else 0, ignore_index,
         BLOCK_V=block_v, HAS_BIAS=bias is not None, HAS_GRAD=has_grad, num_warps=8 if block_v >= 2048 else 4,
     )
-
-
-def cross_entropy_rows_torch(logits, bias, labels, ignore_index, loss_out, grad_out):
-    """cross_entropy_rows_triton in PyTorch ops, in place on logits (the CPU path)."""
-    if bias is not None:
-        logits += bias
-    ignored = labels == ignore_index
-    targets = torch.where(ignored, 0, labels).long().unsqueeze(1)
-    z_target = logits.gather(1, targets).squeeze(1)
-    m = logits.amax(dim=1, keepdim=True)
-    e = logits.sub_(m).exp_()
-    total = e.sum(dim=1, keepdim=True)
-    loss_out.copy_((m + total.log()).squeeze(1) - z_target).masked_fill_(ignored, 0.0)
-    if grad_out is not None:
-        p = e.div_(total)
-        p.scatter_add_(1, targets, torch.full_like(z_target, -1.0).unsqueeze(1))
-        p.masked_fill_(ignored.unsqueeze(1), 0.0)
-        if grad_out.data_ptr() != p.data_ptr():
-            grad_out.copy_(p)

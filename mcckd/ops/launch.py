@@ -2,12 +2,23 @@
 import functools
 
 import torch
-from triton.runtime.interpreter import InterpretedFunction
 
 
 def is_interpreted(kernel) -> bool:
     """True when `kernel` was decorated under TRITON_INTERPRET=1 (runs on CPU tensors)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
     return isinstance(kernel, InterpretedFunction)
+
+
+@functools.cache
+def triton_importable() -> bool:
+    """True when the triton package can be imported (it is installed on Linux only)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @functools.cache

@@ -27,11 +27,10 @@ import numbers
 from typing import NamedTuple
 
 import torch
-import triton
 
 from mcckd.ops import matmul
 from mcckd.ops.backends import OP_BACKENDS, resolve_backend
-from mcckd.ops.cross_entropy import _cross_entropy_kernel, cross_entropy_rows_torch, cross_entropy_rows_triton
+from mcckd.ops.cross_entropy_torch import cross_entropy_rows_torch
 from mcckd.ops.matmul import accumulator_dtype, addmm_into, mm_into
 from mcckd.ops.pairwise_kl import pairwise_sym_kl
 from mcckd.ops.validation import FLOAT_DTYPES, check_choice, check_positive_finite, check_shape, check_tensor
@@ -59,7 +58,8 @@ def _auto_chunk_size(N, V, operand_dtype, device):
     on_cuda = device.type == "cuda"
     budget, floor = (_CUDA_CHUNK_BUDGET, _CUDA_MIN_CHUNK) if on_cuda else (_CPU_CHUNK_BUDGET, _CPU_MIN_CHUNK)
     rows = max(budget // bytes_per_row, floor)
-    return triton.cdiv(N, triton.cdiv(N, rows))
+    chunks = -(-N // rows)
+    return -(-N // chunks)
 
 
 def _cross_entropy_chunks(hidden, weight, bias, labels, ignore_index, chunk_size, cross_entropy_rows, needs):
@@ -118,6 +118,18 @@ def _consistency(hidden, weight, bias, answer_index, answer_valid, temperature, 
     return kl.detach(), grad_z, h_answer, rows
 
 
+def _cross_entropy_kernel():
+    from mcckd.ops.cross_entropy import _cross_entropy_kernel
+
+    return _cross_entropy_kernel
+
+
+def _cross_entropy_rows_triton():
+    from mcckd.ops.cross_entropy import cross_entropy_rows_triton
+
+    return cross_entropy_rows_triton
+
+
 class FusedLinearMCCFunction(torch.autograd.Function):
     """(ce, kl) of hidden, weight and bias; gradients computed in forward, scaled in backward."""
 
@@ -129,7 +141,7 @@ class FusedLinearMCCFunction(torch.autograd.Function):
         hidden_op, weight_op = hidden.to(operand_dtype), weight.to(operand_dtype)
         if chunk_size is None:
             chunk_size = _auto_chunk_size(hidden.shape[0], weight.shape[0], operand_dtype, hidden.device)
-        rows_fn = cross_entropy_rows_triton if backend == "triton" else cross_entropy_rows_torch
+        rows_fn = _cross_entropy_rows_triton() if backend == "triton" else cross_entropy_rows_torch
         loss_sum, grad_h, grad_w, grad_b = _cross_entropy_chunks(
             hidden_op, weight_op, bias, labels, ignore_index, chunk_size, rows_fn, needs)
         kl, grad_z, h_answer, rows = _consistency(

@@ -12,7 +12,6 @@ The Triton kernels are in `pairwise_kl_triton.py`; `reference.py` holds the PyTo
 import torch
 
 from mcckd.ops.backends import OP_BACKENDS, resolve_backend
-from mcckd.ops.pairwise_kl_triton import PairwiseSymKLFunction, _pairwise_kl_fwd_kernel
 from mcckd.ops.reference import REDUCTIONS, pairwise_sym_kl_reference
 from mcckd.ops.validation import FLOAT_DTYPES, check_choice, check_positive_finite, check_shape, check_tensor
 
@@ -30,6 +29,12 @@ def _check_inputs(logits, valid, temperature, reduction, backend):
     check_positive_finite("temperature", temperature)
     check_choice("reduction", reduction, REDUCTIONS)
     check_choice("backend", backend, OP_BACKENDS)
+
+
+def _forward_kernel():
+    from mcckd.ops.pairwise_kl_triton import _pairwise_kl_fwd_kernel
+
+    return _pairwise_kl_fwd_kernel
 
 
 def pairwise_sym_kl(
@@ -59,12 +64,14 @@ def pairwise_sym_kl(
         in logits' dtype.
     """
     _check_inputs(logits, valid, temperature, reduction, backend)
-    backend = resolve_backend(backend, logits, _pairwise_kl_fwd_kernel, name="logits", k=logits.shape[1])
+    backend = resolve_backend(backend, logits, _forward_kernel, name="logits", k=logits.shape[1])
     if backend == "torch":
         return pairwise_sym_kl_reference(logits, valid, temperature, reduction)
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     valid = valid.contiguous() if valid is not None else None
+    from mcckd.ops.pairwise_kl_triton import PairwiseSymKLFunction
+
     return PairwiseSymKLFunction.apply(logits, valid, float(temperature), reduction)
 
 
