@@ -44,7 +44,8 @@ from mcckd.errors import InputError
 def add_arguments(parser):
     """Arguments of `mcckd demo`."""
     parser.add_argument(
-        "--out", default="mcckd-demo", help="folder to write to, new or empty (default: mcckd-demo)"
+        "--out", default="mcckd-demo",
+        help="folder to write to, new or empty, or with --seeds a study to resume (default: mcckd-demo)",
     )
     parser.add_argument("--steps", type=positive_int, default=STEPS,
                         help=f"optimizer steps of each student (default: {STEPS})")
