@@ -1,9 +1,26 @@
 """mcckd: Multi-CoT Consistent Knowledge Distillation with fused Triton kernels."""
+import sys
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from native_build import build_native  # noqa: E402
+
+
+class BuildNative(build_ext):
+    """The native CPU ops through CMake (native_build.py); an install without them still succeeds."""
+
+    def build_extension(self, ext):
+        build_native(Path(self.get_ext_fullpath(ext.name)), Path(self.build_temp) / "native")
+
+    def copy_extensions_to_source(self):
+        built = [Path(self.get_ext_fullpath(ext.name)) for ext in self.extensions]
+        if all(path.exists() for path in built):
+            super().copy_extensions_to_source()
+
 
 setup(
     name="mcckd",
@@ -14,6 +31,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["mcckd", "mcckd.*"]),
+    ext_modules=[Extension("mcckd._native", sources=[])],
+    cmdclass={"build_ext": BuildNative},
     install_requires=[
         # torch is pinned by the installer (CPU build in CI, CUDA build on GPUs): a range here.
         "torch>=2.4",
@@ -30,8 +49,9 @@ setup(
     ],
     extras_require={
         # wandb in the test extra: the tracking test then runs in CI instead of skipping
-        "test": ["pytest>=8.0", "pytest-benchmark>=4.0", "ruff==0.17.6", "liger-kernel>=0.5", "wandb>=0.17"],
-        "bench": ["pytest-benchmark>=4.0", "matplotlib>=3.8"],
+        "test": ["pytest>=8.0", "pytest-benchmark>=4.0", "ruff==0.17.6", "liger-kernel>=0.5", "wandb>=0.17",
+                 "psutil>=5.9"],
+        "bench": ["pytest-benchmark>=4.0", "matplotlib>=3.8", "psutil>=5.9"],
         "flash": ["flash-attn>=2.6"],
         "liger": ["liger-kernel>=0.5"],
         "wandb": ["wandb>=0.17"],  # train.report_to: [wandb]

@@ -5,13 +5,17 @@
     linear_mcc.py          fused_linear_mcc_loss: lm_head + CE + consistency, no [N, V] logits
     cross_entropy.py       the cross-entropy rows of a logits tile (Triton and PyTorch)
     cross_entropy_torch.py the same rows in PyTorch ops (the CPU path, no triton)
+    native.py              the compiled CPU ops (kernels/cpu/): loading, availability
+    pairwise_kl_native.py  pairwise_sym_kl on the native kernels (autograd Function)
+    cross_entropy_native.py the cross-entropy rows on the native kernel
     matmul.py              products written in float32 whatever the operands
     reference.py           the PyTorch specification of every op (and its CPU path)
     backends.py            backend names, resolution, availability
     validation.py          argument checks that name the argument
 """
-from mcckd.ops.backends import OP_BACKENDS, native_available
+from mcckd.ops.backends import OP_BACKENDS
 from mcckd.ops.linear_mcc import LinearMCCOutput, MCCKDLoss, fused_linear_mcc_loss
+from mcckd.ops.native import native_available
 from mcckd.ops.pairwise_kl import PairwiseSymKL, pairwise_sym_kl
 from mcckd.ops.reference import fused_linear_mcc_reference, pairwise_sym_kl_reference
 

@@ -3,18 +3,21 @@
     triton  the fused Triton kernels: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1
             (set before triton is first imported); float32, bfloat16, float16; K <= 16
     torch   the plain-PyTorch references of `mcckd.ops.reference`: any device and dtype
+    native  the compiled CPU kernels of kernels/cpu/ (`mcckd.ops.native`): CPU tensors, float32,
+            bfloat16, float16, float64, any K
 
-"auto" is Triton for CUDA tensors it can take, and the references everywhere else. Both ops
+"auto" is Triton for CUDA tensors it can take, native for CPU tensors when it is built (else
+the references, after one logged line), and the references everywhere else. Both ops
 (`pairwise_sym_kl`, `fused_linear_mcc_loss`) resolve their `backend` argument here.
 """
-import functools
 from collections.abc import Callable
 
 import torch
 
+from mcckd.ops.native import log_fallback, native_available, unavailable_reason
 from mcckd.ops.validation import check_choice
 
-OP_BACKENDS = ("auto", "triton", "torch")
+OP_BACKENDS = ("auto", "triton", "torch", "native")
 # Rows per group that the Triton kernels keep in registers (one thread holds a column of K).
 MAX_TRITON_K = 16
 
@@ -32,7 +35,15 @@ def resolve_backend(backend: str, tensor: torch.Tensor, load_kernel: Callable[[]
         from mcckd.ops.launch import triton_importable
 
         fits = tensor.dtype != torch.float64 and (k is None or k <= MAX_TRITON_K)
-        return "triton" if tensor.is_cuda and fits and triton_importable() else "torch"
+        if tensor.is_cuda:
+            return "triton" if fits and triton_importable() else "torch"
+        if tensor.device.type == "cpu":
+            if native_available():
+                return "native"
+            log_fallback()
+        return "torch"
+    if backend == "native":
+        check_native_can_run(name, tensor)
     if backend == "triton":
         if tensor.dtype == torch.float64:
             raise ValueError(f"{name} must be float32, bfloat16 or float16 for backend='triton' "
@@ -59,11 +70,10 @@ def check_triton_can_run(name: str, tensor: torch.Tensor, load_kernel: Callable[
         )
 
 
-@functools.cache
-def native_available() -> bool:
-    """True when the compiled C++ CPU extension (`mcckd._native`) can be loaded; it is not built yet."""
-    try:
-        import mcckd._native  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def check_native_can_run(name: str, tensor: torch.Tensor) -> None:
+    """ValueError unless `tensor` is on the CPU and the native library is loaded."""
+    if tensor.device.type != "cpu":
+        raise ValueError(f"{name} is on {tensor.device}: backend='native' runs CPU tensors only")
+    if not native_available():
+        raise ValueError(f"{name}: backend='native' needs the native CPU ops, which are "
+                         f"{unavailable_reason()}; use backend='torch'")

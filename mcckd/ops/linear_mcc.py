@@ -142,6 +142,8 @@ class FusedLinearMCCFunction(torch.autograd.Function):
         if chunk_size is None:
             chunk_size = _auto_chunk_size(hidden.shape[0], weight.shape[0], operand_dtype, hidden.device)
         rows_fn = _cross_entropy_rows_triton() if backend == "triton" else cross_entropy_rows_torch
+        if backend == "native":
+            from mcckd.ops.cross_entropy_native import cross_entropy_rows_native as rows_fn
         loss_sum, grad_h, grad_w, grad_b = _cross_entropy_chunks(
             hidden_op, weight_op, bias, labels, ignore_index, chunk_size, rows_fn, needs)
         kl, grad_z, h_answer, rows = _consistency(
@@ -270,10 +272,10 @@ def fused_linear_mcc_loss(
         alpha: the weight of the consistency term (0: plain CE).
         temperature: of the consistency term's distributions.
         chunk_size: tokens per logits tile (None: chosen for the device and V).
-        backend: "auto", "triton" or "torch" (`mcckd.ops.backends`).
+        backend: "auto", "triton", "torch" or "native" (`mcckd.ops.backends`).
 
     Shapes:
-        hidden [N, d] float32, bfloat16 or float16 (float64 with backend "torch");
+        hidden [N, d] float32, bfloat16 or float16 (float64 with backends "torch", "native");
         weight [V, d]; bias [V]; labels [N] int64/int32; answer_index [G, K] int64/int32;
         answer_valid [G, K] bool.
 

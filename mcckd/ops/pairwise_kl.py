@@ -53,10 +53,10 @@ def pairwise_sym_kl(
         temperature: T > 0; the distributions are softmax(logits / T).
         reduction: "mean" (over groups with >= 2 valid rows, 0.0 when there are none), "sum",
             or "none" (one loss per group).
-        backend: "auto", "triton" or "torch" (`mcckd.ops.backends`).
+        backend: "auto", "triton", "torch" or "native" (`mcckd.ops.backends`).
 
     Shapes:
-        logits [G, K, V] float32, bfloat16 or float16 (float64 with backend "torch");
+        logits [G, K, V] float32, bfloat16 or float16 (float64 with backends "torch", "native");
         valid [G, K] bool.
 
     Returns:
@@ -67,6 +67,10 @@ def pairwise_sym_kl(
     backend = resolve_backend(backend, logits, _forward_kernel, name="logits", k=logits.shape[1])
     if backend == "torch":
         return pairwise_sym_kl_reference(logits, valid, temperature, reduction)
+    if backend == "native":
+        from mcckd.ops.pairwise_kl_native import pairwise_sym_kl_native
+
+        return pairwise_sym_kl_native(logits, valid, float(temperature), reduction)
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     valid = valid.contiguous() if valid is not None else None
