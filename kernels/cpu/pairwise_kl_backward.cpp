@@ -51,22 +51,22 @@ void tile_gradient(Workspace<A>& ws, const A* stats_g, int64_t k, int64_t n, A s
   }
   for (int64_t i = 1; i < k; ++i) {
     const A* y = y_r + i * kTile;
-    const A offset = stats_g[ws.rows[i] * kNumStats + kMax] - m_r;
+    const A m_i = stats_g[ws.rows[i] * kNumStats + kMax];
 #pragma omp simd
-    for (int64_t c = 0; c < n; ++c) mean[c] += (y[c] - y_r[c]) - offset;
+    for (int64_t c = 0; c < n; ++c) mean[c] += (y[c] - m_i) - (y_r[c] - m_r);
   }
   // Rows k-1..1 first: their tile is overwritten by a_i while the pivot's is still read.
   for (int64_t i = k - 1; i >= 0; --i) {
     A* y = ws.y.data() + i * kTile;
     const A* s = stats_g + ws.rows[i] * kNumStats;
     const A m_i = s[kMax], rho = s[kRho], inv_d = A(1) / s[kDenom], lambda_c = s[kLambda] + s[kInner];
-    const A offset = m_i - m_r;
 #pragma omp simd
     for (int64_t c = 0; c < n; ++c) {
-      const A e_r = exp_nonpositive(y_r[c] - m_r);
+      const A u_r = y_r[c] - m_r, u = y[c] - m_i;
+      const A e_r = exp_nonpositive(u_r);
       const A p_r = e_r * inv_d_r;
-      const A e_i = exp_nonpositive(y[c] - m_i);
-      const A delta = (y[c] - y_r[c]) - offset;
+      const A e_i = exp_nonpositive(u);
+      const A delta = u - u_r;
       const bool near = std::abs(delta) < A(0.5);
       const A q_tilde = i == 0 ? A(0) : (near ? e_r * expm1_small(delta) : e_i - e_r);
       A q = near ? (q_tilde - e_r * rho) * inv_d : e_i * inv_d - p_r;

@@ -1,7 +1,7 @@
 // Forward of the pairwise symmetric KL: one pass over the vocabulary per group, tile by tile.
 //
 // Per valid row i of a group with pivot r (its first valid row), y_i = x_i / T, running max m_i,
-// e_i = exp(y_i - m_i), delta_i = (y_i - y_r) - (m_i - m_r), b_i = delta_i - mean_j delta_j,
+// e_i = exp(y_i - m_i), delta_i = (y_i - m_i) - (y_r - m_r), b_i = delta_i - mean_j delta_j,
 // q~_i = e_i - e_r = e_r expm1(delta_i) (|delta_i| < 1/2, else the plain difference), and
 //   d_r = sum_v e_r,  D_i = sum_v q~_i,  B_i = sum_v e_r b_i,  F_i = sum_v q~_i b_i.
 // When a tile raises the maxima by Delta_i the sums are rescaled exactly (rescale()); at the end
@@ -120,9 +120,9 @@ bool accumulate_tile(Workspace<A>& ws, int64_t k, int64_t n) {
   for (int64_t c = 0; c < n; ++c) mean[c] = 0;
   for (int64_t i = 1; i < k; ++i) {
     const A* y = y_r + i * kTile;
-    const A offset = sums.max[i] - m_r;
+    const A m_i = sums.max[i];
 #pragma omp simd
-    for (int64_t c = 0; c < n; ++c) mean[c] += (y[c] - y_r[c]) - offset;
+    for (int64_t c = 0; c < n; ++c) mean[c] += (y[c] - m_i) - (y_r[c] - m_r);
   }
 #pragma omp simd reduction(+ : d_r, B_r)
   for (int64_t c = 0; c < n; ++c) {
@@ -142,14 +142,14 @@ bool accumulate_tile(Workspace<A>& ws, int64_t k, int64_t n) {
   for (int64_t i = 1; i < k; ++i) {
     const A* y = y_r + i * kTile;
     const A m_i = sums.max[i];
-    const A offset = m_i - m_r;
     A D = 0, B = 0, F = 0, d = 0, E = 0;
 #pragma omp simd reduction(+ : D, B, F, d, E)
     for (int64_t c = 0; c < n; ++c) {
-      const A delta = (y[c] - y_r[c]) - offset;
+      const A u = y[c] - m_i;
+      const A delta = u - (y_r[c] - m_r);
       A b = delta - mean[c];
       const A small = e_r[c] * expm1_small(delta);
-      A e_i = exp_nonpositive(y[c] - m_i);
+      A e_i = exp_nonpositive(u);
       A q = std::abs(delta) < A(0.5) ? small : e_i - e_r[c];
       if (MASKED) {
         b = keep[c] != A(0) ? b : A(0);

@@ -12,7 +12,7 @@ from helpers import run_fused as run
 from mcckd.ops import MCCKDLoss, fused_linear_mcc_loss, fused_linear_mcc_reference
 from mcckd.ops.linear_mcc import _auto_chunk_size
 
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", "triton", "native")
 
 
 def make_inputs(N=37, d=16, V=301, G=4, K=3, *, bias=True, ignored=0.3, ignore_index=-100, seed=0):

@@ -11,7 +11,7 @@ import mcckd
 from mcckd.ops import PairwiseSymKL, pairwise_sym_kl, pairwise_sym_kl_reference
 from mcckd.ops.pairwise_kl_triton import PairwiseSymKLFunction
 
-BACKENDS = ("triton", "torch")
+BACKENDS = ("triton", "torch", "native")
 
 
 def random_case(G, K, V, seed, masked=True, dtype=torch.float32, scale=3.0):
