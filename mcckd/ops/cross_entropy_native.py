@@ -5,6 +5,10 @@
 """
 import torch
 
+from mcckd.ops.native import require_native
+
+require_native()
+
 
 def cross_entropy_rows_native(logits, bias, labels, ignore_index, loss_out, grad_out):
     """cross_entropy_rows_triton on the CPU: logits [C, V] float32 (float64) are overwritten by

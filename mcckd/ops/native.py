@@ -37,6 +37,12 @@ def native_available() -> bool:
     return unavailable_reason() is None
 
 
+def require_native() -> None:
+    """Load the library; RuntimeError saying why when it cannot be (the wrappers' import)."""
+    if not native_available():
+        raise RuntimeError(f"mcckd: native CPU ops {unavailable_reason()}")
+
+
 @functools.cache
 def log_fallback() -> None:
     """Log, once per process, that the CPU runs the torch backend instead of the native one."""

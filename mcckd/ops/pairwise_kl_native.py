@@ -8,7 +8,10 @@ Logits of any strides, float32/bfloat16/float16 (float32 sums) or float64.
 """
 import torch
 
+from mcckd.ops.native import require_native
 from mcckd.ops.reference import reduce_group_losses
+
+require_native()
 
 
 class PairwiseSymKLNativeFunction(torch.autograd.Function):

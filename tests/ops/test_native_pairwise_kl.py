@@ -26,7 +26,8 @@ def group_weights(G, seed=0):
 
 
 def check(logits, valid, temperature, reduction, grad_output, tol):
-    loss, grad = loss_and_grad(native(valid, temperature=temperature, reduction=reduction), logits, grad_output)
+    fn = native(valid, temperature=temperature, reduction=reduction)
+    loss, grad = loss_and_grad(fn, logits, grad_output)
     want_loss, want_grad = loss_and_grad(definition(valid, temperature, reduction), logits.double(),
                                          grad_output.double())
     assert relative_error(loss, want_loss) < tol
@@ -97,7 +98,8 @@ def test_shared_minus_inf_columns_across_tiles():
     padded[~valid] = -math.inf
     kept = torch.cat([logits[:, :, :TILE], logits[:, :, 2 * TILE:-5]], dim=-1)
     loss, grad = loss_and_grad(native(valid, reduction="none"), padded, group_weights(3))
-    want_loss, want_grad = loss_and_grad(definition(valid, 1.0, "none"), kept.double(), group_weights(3).double())
+    want_loss, want_grad = loss_and_grad(definition(valid, 1.0, "none"), kept.double(),
+                                         group_weights(3).double())
     assert relative_error(loss, want_loss) < 1e-4
     assert not grad[:, :, TILE:2 * TILE].any() and not grad[:, :, -5:].any()
     assert relative_error(torch.cat([grad[:, :, :TILE], grad[:, :, 2 * TILE:-5]], -1), want_grad) < 1e-4
@@ -139,7 +141,8 @@ def test_half_precision_inputs(dtype, tol):
     """Sums in float32 from the rounded inputs; the gradient is rounded once to dtype."""
     logits, valid = random_logits(4, 4, TILE + 500, seed=8, dtype=dtype)
     loss, grad = loss_and_grad(native(valid, reduction="none"), logits, group_weights(4))
-    want_loss, want_grad = loss_and_grad(definition(valid, 1.0, "none"), logits.double(), group_weights(4).double())
+    want_loss, want_grad = loss_and_grad(definition(valid, 1.0, "none"), logits.double(),
+                                         group_weights(4).double())
     assert loss.dtype == torch.float32 and grad.dtype == dtype
     assert relative_error(loss, want_loss) < 1e-5
     assert relative_error(grad, want_grad) < tol
