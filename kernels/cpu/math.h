@@ -14,7 +14,8 @@ namespace mcckd_native {
 // x must not be NaN: callers flag NaN rows before they get here.
 inline float exp_nonpositive(float x) {
   const float clamped = x < -87.0f ? -87.0f : x;
-  const float n = __builtin_floorf(clamped * 1.44269504088896341f + 0.5f);
+  // n = round(x / ln2) by the 1.5 * 2^23 trick (|x / ln2| < 2^22): floorf would keep the loop scalar.
+  const float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = (clamped - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
   float p = 1.0f / 5040.0f;
   p = p * r + 1.0f / 720.0f;
