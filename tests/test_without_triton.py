@@ -64,7 +64,9 @@ def test_command_line_help_without_triton():
     assert "usage" in result.stdout.lower()
 
 
-def test_native_available_reports_the_missing_extension():
-    from mcckd.ops import native_available
-
-    assert native_available() is False
+def test_auto_is_native_on_the_cpu_without_triton():
+    code = NO_TRITON + ("import torch; from mcckd.ops.backends import resolve_backend; "
+                        "print(resolve_backend('auto', torch.zeros(1), lambda: None, name='x'))")
+    result = _run(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "native"
