@@ -3,12 +3,14 @@
 tracemalloc sees only Python's allocations, and torch keeps no allocator statistics for CPU
 tensors, so this reads the kernel's count: the inputs are made and touched, the process's
 peak RSS is reset (`echo 5 > /proc/self/clear_refs`, Linux), the call runs, and the result is
-VmHWM minus the RSS before the call. Large tensors are mmapped by the allocator and returned
-on free, so the figure is the call's own peak: intermediates, workspaces and the gradients
-it returns.
+VmHWM minus the RSS before the call. Run it with MALLOC_SETTINGS in the environment: a fixed
+mmap threshold makes glibc mmap every large tensor and return it on free (its default raises
+the threshold after a free, keeping later tensors in a heap that RSS never gives back), so the
+figure is the call's own peak: intermediates, workspaces and the gradients it returns.
 
-    python bench/cpu_memory.py '{"op": "pairwise", "backend": "native", "G": 64, "K": 4, "V": 32000,
-                                 "dtype": "fp32"}'       prints {"peak_extra_mb": ...}
+    MALLOC_MMAP_THRESHOLD_=131072 MALLOC_TRIM_THRESHOLD_=131072 python bench/cpu_memory.py \
+        '{"op": "pairwise", "backend": "native", "G": 64, "K": 4, "V": 32000, "dtype": "fp32"}'
+    prints {"peak_extra_mb": ...}
 """
 import json
 import sys
@@ -18,6 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cpu_cases import make_case  # noqa: E402
+
+MALLOC_SETTINGS = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
 def rss_kb(field):
