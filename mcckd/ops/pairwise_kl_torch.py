@@ -51,6 +51,14 @@ def _pivot(t, first):
     return t.gather(1, first[:, None, None].expand(-1, 1, t.shape[-1]))
 
 
+def _difference(a, b):
+    """(s, err) with s + err = a - b exactly (Knuth's two-sum): rows shifted by large
+    constants keep the small part of their difference to the pivot."""
+    s = a - b
+    back = s - a
+    return s, (a - (s - back)) - (b + back)
+
+
 def _columns(logits, valid, k, inv_t):
     """Per-column terms of every row: (x, e_r [G, 1, V], b, q~) with b and q~ [G, K, V], 0 on
     invalid rows; x is logits in the compute dtype, 0 on invalid rows."""
@@ -64,7 +72,8 @@ def _columns(logits, valid, k, inv_t):
     e_r = _pivot(u, first).exp_()
     # -inf in both x and x_r (a column at -inf in every row) gives a difference of 0.
     dead = (x == -torch.inf) | (x_r == -torch.inf)
-    delta = torch.where(rows & ~dead, ((x - x_r) - (row_max - max_r)) * inv_t, 0.0)
+    (dx, dx_err), (dm, dm_err) = _difference(x, x_r), _difference(row_max, max_r)
+    delta = torch.where(rows & ~dead, ((dx - dm) + (dx_err - dm_err)) * inv_t, 0.0)
     b = delta - (delta.sum(dim=1, keepdim=True) / k.clamp(min=1)[:, None, None])
     near = delta.abs() < 0.5
     q = torch.where(near, e_r * torch.expm1(delta), u.exp_() - e_r)

@@ -10,7 +10,7 @@ from helpers import rounded_to
 from helpers import run_fused as run
 
 from mcckd.ops import MCCKDLoss, fused_linear_mcc_loss, fused_linear_mcc_reference
-from mcckd.ops.linear_mcc import _auto_chunk_size
+from mcckd.ops.linear_mcc_kernels import _auto_chunk_size
 
 BACKENDS = ("torch", "triton")
 
@@ -174,7 +174,7 @@ def test_module_flattens_leading_dimensions():
 def test_auto_chunk_size_fills_budget_but_keeps_gemms_large(N, V, dtype, device):
     """Equal chunks that cover N, each within the memory budget of its float32 tile and gradient,
     and no smaller than the floor that keeps the GEMMs efficient (unless N itself is)."""
-    from mcckd.ops import linear_mcc
+    from mcckd.ops import linear_mcc_kernels as linear_mcc
 
     chunk = _auto_chunk_size(N, V, dtype, torch.device(device))
     chunks = -(-N // chunk)
