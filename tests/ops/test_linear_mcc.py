@@ -74,6 +74,19 @@ def test_all_labels_ignored_gives_zero_ce_and_finite_gradients():
     assert grads[0][others].abs().max() == 0.0 and grads[0][rows].abs().max() > 0.0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_answer_groups_gives_zero_kl_and_the_ce_gradients(backend):
+    """answer_index [0, K]: kl = 0 and loss, ce and every gradient those of the CE alone."""
+    inputs = make_inputs()
+    inputs["answer_index"] = torch.zeros(0, 3, dtype=torch.long)
+    inputs["answer_valid"] = None
+    got = run(fused_linear_mcc_loss, inputs, torch.float32, alpha=0.5, chunk_size=8, backend=backend)
+    expected = truth(inputs | {"answer_index": torch.tensor([[0, -1, -1]])}, torch.float32, alpha=0.5)
+    assert got[2].item() == 0.0
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
 def loss_and_hidden_grad(fn, inputs, dtype, **kwargs):
     """(output, d loss / d hidden) with weight and bias frozen, in float64."""
     hidden = inputs["hidden"].to(dtype).requires_grad_()
