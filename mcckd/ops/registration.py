@@ -17,9 +17,10 @@ kernels, and the launchers run on fake tensors are the fakes: `stats` is opaque 
 whatever shape the launcher gives it. Everything is registered when this module is imported
 (first by `pairwise_kl.py`); `import mcckd` alone registers nothing.
 
-A backend whose ops are defined elsewhere (C++ ops with meta functions, say) joins with one
-call: add_pairwise_backend("native", "mcckd::native_pairwise_kl", "mcckd::native_pairwise_kl_backward"),
-and fused_linear_mcc_loss then takes it as its kl_backend.
+A backend whose ops are defined elsewhere (C++ ops with meta functions, say) joins with one call
+per op family: add_pairwise_backend("native", "mcckd::native_pairwise_kl",
+"mcckd::native_pairwise_kl_backward") (fused_linear_mcc_loss then takes it as its kl_backend),
+and add_fused_backend("native", lambda: rows) for a cross-entropy rows function `rows`.
 """
 import torch
 
@@ -91,9 +92,10 @@ def _(logits, valid, inv_t, stats, grad_group):
     return logits.new_empty(logits.shape)
 
 
-def _define_fused(backend, define, cross_entropy_rows):
-    """Register mcckd::fused_linear_mcc_<backend> with `define` (custom_op or triton_op);
-    cross_entropy_rows() gives the rows function of `cross_entropy.py`'s contract."""
+def add_fused_backend(backend: str, cross_entropy_rows, *, triton: bool = False) -> None:
+    """Register mcckd::fused_linear_mcc_<backend>, whose cross-entropy rows are those of
+    `cross_entropy_rows()` (the contract of `cross_entropy.py`): a triton_op when `triton`,
+    else a custom_op with a fake of the output shapes."""
 
     def fused(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, answer_index: Tensor,
               answer_valid: Tensor | None, temperature: float, ignore_index: int, chunk_size: int | None,
@@ -103,9 +105,11 @@ def _define_fused(backend, define, cross_entropy_rows):
                              ignore_index, chunk_size, cross_entropy_rows(), pairwise_kl_ops(kl_backend),
                              (need_hidden, need_weight, need_bias))
 
+    define = torch.library.triton_op if triton else torch.library.custom_op
     op = define(f"mcckd::fused_linear_mcc_{backend}", fused, mutates_args=())
     op.register_autograd(_fused_backward, setup_context=_save_fused)
-    return op
+    if not triton:
+        op.register_fake(_fused_fake)
 
 
 def _save_fused(ctx, inputs, output):
@@ -122,7 +126,7 @@ def _fused_backward(ctx, grad_ce, grad_kl, *_grad_of_gradients):
     return (*grads, *[None] * 10)
 
 
-def _fused_torch_fake(hidden, weight, bias, labels, answer_index, answer_valid, temperature, ignore_index,
+def _fused_fake(hidden, weight, bias, labels, answer_index, answer_valid, temperature, ignore_index,
                       chunk_size, kl_backend, need_hidden, need_weight, need_bias):
     (N, d), V = hidden.shape, weight.shape[0]
     rows = answer_index.numel()
@@ -134,8 +138,7 @@ def _fused_torch_fake(hidden, weight, bias, labels, answer_index, answer_valid, 
 
 
 add_pairwise_backend("torch", "mcckd::pairwise_kl_torch", "mcckd::pairwise_kl_torch_backward")
-_define_fused("torch", torch.library.custom_op, lambda: cross_entropy_rows_torch).register_fake(
-    _fused_torch_fake)
+add_fused_backend("torch", lambda: cross_entropy_rows_torch)
 
 
 def _register_triton_ops():
@@ -160,7 +163,7 @@ def _register_triton_ops():
         return cross_entropy_rows_triton
 
     add_pairwise_backend("triton", "mcckd::pairwise_kl_triton", "mcckd::pairwise_kl_triton_backward")
-    _define_fused("triton", torch.library.triton_op, cross_entropy_rows_triton)
+    add_fused_backend("triton", cross_entropy_rows_triton, triton=True)
 
 
 if triton_importable():
