@@ -166,3 +166,31 @@ def test_out_of_range_labels_fail_a_device_assert_under_compile():
     assert torch.isfinite(fn(hidden, weight, inputs["labels"], inputs["answer_index"]))
     with pytest.raises(RuntimeError, match="labels must lie in"):
         fn(hidden, weight, labels, inputs["answer_index"])
+
+
+def test_pairwise_ops_pass_opcheck_and_gradcheck():
+    """Schema, fake tensors, autograd registration and AOT dispatch (torch.library.opcheck) of
+    the torch ops, and the explicit backward against finite differences in float64."""
+    logits = near_identical(3, 4, 20, 1e-2, seed=5).double().requires_grad_()
+    valid = torch.tensor([[True, True, False, True], [True] * 4, [False, True, False, False]])
+    forward = torch.ops.mcckd.pairwise_kl_torch
+    for mask in (valid, None):
+        torch.library.opcheck(forward, (logits, mask, 0.7))
+        group_loss, stats = forward(logits, mask, 0.7)
+        torch.library.opcheck(torch.ops.mcckd.pairwise_kl_torch_backward,
+                              (logits.detach(), mask, 0.7, stats, torch.randn(3, dtype=torch.float64)))
+        assert torch.autograd.gradcheck(lambda x, mask=mask: forward(x, mask, 0.7)[0], (logits,))
+
+
+@pytest.mark.parametrize("needs", ((True, True, True), (True, False, False), (False, False, False)))
+def test_fused_op_passes_opcheck(needs):
+    """Schema, fakes and autograd registration. Not opcheck's AOT test: it returns the op's
+    gradient buffers, which the backward updates in place (fused_linear_mcc_loss never returns
+    them; the compile tests above run AOTAutograd on the real use)."""
+    inputs = fused_inputs(N=13, d=4, V=11, G=2)
+    hidden, weight, bias = (inputs[k].float().requires_grad_(need)
+                            for k, need in zip(("hidden", "weight", "bias"), needs))
+    args = (hidden, weight, bias, inputs["labels"], inputs["answer_index"], inputs["answer_valid"], 1.3,
+            -100, 5, "torch", *needs)
+    torch.library.opcheck(torch.ops.mcckd.fused_linear_mcc_torch, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))

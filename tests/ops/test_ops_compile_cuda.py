@@ -134,3 +134,14 @@ def test_compiled_training_step_of_both_ops():
     assert sorted(mcckd_ops(graphs)) == ["mcckd.fused_linear_mcc_triton", "mcckd.pairwise_kl_triton"]
     for g, w in zip((got, *grads), (want, *want_grads)):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
+
+
+def test_triton_pairwise_ops_pass_opcheck():
+    """Schema, fakes (the launchers on fake tensors), autograd registration and AOT dispatch."""
+    logits = near_identical(3, 4, 300, 1e-2, seed=5)
+    valid = torch.tensor([[True, True, False, True], [True] * 4, [False, True, False, False]], device=DEVICE)
+    for mask in (valid, None):
+        torch.library.opcheck(torch.ops.mcckd.pairwise_kl_triton, (logits.requires_grad_(), mask, 0.7))
+        _, stats = torch.ops.mcckd.pairwise_kl_triton(logits.detach(), mask, 0.7)
+        torch.library.opcheck(torch.ops.mcckd.pairwise_kl_triton_backward,
+                              (logits.detach(), mask, 0.7, stats, torch.rand(3, device=DEVICE)))
