@@ -78,7 +78,7 @@ def _answer_rows(answer_index, answer_valid):
 
 def _consistency(hidden, weight, bias, answer_index, answer_valid, temperature, pairwise_kernels, need_grad):
     """KL of the answer rows (the mean over groups with pairs) and dKL/dZ [G*K, V] (None
-    unless need_grad); pairwise_kernels = (forward, backward) with the launchers' contract."""
+    unless need_grad); pairwise_kernels = the (forward, backward) ops of `registration.py`."""
     G, K = answer_index.shape
     V = weight.shape[0]
     rows, valid = _answer_rows(answer_index, answer_valid)
@@ -91,12 +91,12 @@ def _consistency(hidden, weight, bias, answer_index, answer_valid, temperature, 
         return z.new_zeros(()), (z if need_grad else None)
     forward, backward = pairwise_kernels
     z = z.view(G, K, V)
-    group_loss, stats = forward(z, valid, 1.0 / temperature)
+    group_loss, stats = forward(z, valid, temperature)
     inv_groups = 1.0 / (valid.sum(dim=1) >= 2).sum().clamp(min=1).to(accumulator)
     kl = group_loss.to(accumulator).sum() * inv_groups
     if not need_grad:
         return kl, None
-    grad_z = backward(z, valid, 1.0 / temperature, stats, inv_groups.expand(G).contiguous())
+    grad_z = backward(inv_groups.expand(G).contiguous(), z, valid, group_loss, stats, temperature)
     return kl, grad_z.view(G * K, V)
 
 

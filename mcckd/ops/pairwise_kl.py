@@ -84,7 +84,7 @@ def pairwise_sym_kl(
     elif backend == "triton":
         backend = "torch"  # no group: nothing to launch
     forward, _ = pairwise_kl_ops(backend)
-    group_loss, _ = forward(logits, valid, 1.0 / float(temperature))
+    group_loss, _ = forward(logits, valid, float(temperature))
     if valid is None:
         has_pairs = torch.ones(G, dtype=torch.bool, device=logits.device)
     else:

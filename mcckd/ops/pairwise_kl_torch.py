@@ -1,8 +1,8 @@
 """The torch backend of `pairwise_sym_kl`: the pivot-difference formulation of docs/design.md
 ("Precision: differences to a pivot row"), vectorised over [G, K, V].
 
-Same contract as the Triton launchers: `pairwise_kl_forward_torch(logits, valid, inv_t)` gives
-(group_loss [G], stats [5, G, K]) and `pairwise_kl_backward_torch(logits, valid, inv_t, stats,
+As the Triton launchers: `pairwise_kl_forward_torch(logits, valid, inv_t)` gives (group_loss [G],
+stats [4, G, K]) and `pairwise_kl_backward_torch(logits, valid, inv_t, group_loss, stats,
 grad_group)` the gradient [G, K, V] in logits' dtype, with grad_group = dLoss/dL_g [G]. Both
 compute in float32 (float64 for float64 logits) with a few [G, K, V] temporaries, read logits
 through any strides, and never read an invalid row.
@@ -34,8 +34,8 @@ gradient; a column at -inf in every valid row contributes nothing (gradient exac
 """
 import torch
 
-# stats rows: d_r (repeated over the rows), D_i, B_i, H_i, L_g (repeated); [STATS, G, K]
-STATS = 5
+# stats rows: d_r (repeated over the rows), D_i, B_i, H_i; [STATS, G, K]
+STATS = 4
 
 
 def _compute_dtype(dtype):
@@ -107,22 +107,22 @@ def pairwise_kl_forward_torch(logits, valid, inv_t):
     loss = torch.where(mixed, torch.inf, S / pairs.clamp(min=1))
     loss = torch.where(bad, torch.nan, loss)
     loss = torch.where(pairs > 0, loss, 0.0)
-    stats = torch.stack([d_r.expand_as(D), D, B, H, loss[:, None].expand_as(D)])
+    stats = torch.stack([d_r.expand_as(D), D, B, H])
     return loss, stats
 
 
-def pairwise_kl_backward_torch(logits, valid, inv_t, stats, grad_group):
+def pairwise_kl_backward_torch(logits, valid, inv_t, group_loss, stats, grad_group):
     """d(sum_g grad_group[g] L_g) / d logits [G, K, V] in logits' dtype; 0 on invalid rows,
     NaN on the valid rows of groups whose loss is not finite."""
     valid, k = _valid_rows(logits, valid)
     _, e_r, b, q = _columns(logits, valid, k, inv_t)
-    d_r, D, B, H, loss = stats[:, :, :, None].to(e_r.dtype).unbind(0)
+    d_r, D, B, H = stats[:, :, :, None].to(e_r.dtype).unbind(0)
     d = d_r + D
     q = (q - e_r * (D / d_r)) / d
     gap = (b - B / d_r) - H / d  # eps_k - c_k
     ds = k[:, None, None] * (e_r / d_r * gap + q * (1.0 + gap)) - q.sum(dim=1, keepdim=True)
     pairs = k * (k - 1)
     coef = grad_group.to(ds.dtype) * inv_t / pairs.clamp(min=1)
-    grad = torch.where(torch.isfinite(loss), ds * coef[:, None, None], torch.nan)
+    grad = torch.where(torch.isfinite(group_loss)[:, None, None], ds * coef[:, None, None], torch.nan)
     keep = valid[:, :, None] & (pairs > 0)[:, None, None]
     return torch.where(keep, grad, 0.0).to(logits.dtype)

@@ -4,8 +4,9 @@ an explicit backward op.
 
 Per backend b ("torch"; "triton" where triton can be imported):
 
-    mcckd::pairwise_kl_b(logits, valid?, inv_t) -> (group_loss [G], stats)
-    mcckd::pairwise_kl_b_backward(logits, valid?, inv_t, stats, grad_group [G]) -> grad [G, K, V]
+    mcckd::pairwise_kl_b_forward(logits, valid?, temperature) -> (group_loss [G], stats)
+    mcckd::pairwise_kl_b_backward(grad_group [G], logits, valid?, group_loss, stats, temperature)
+        -> grad [G, K, V]  (grad_group = dLoss/dL_g)
     mcckd::fused_linear_mcc_b(hidden, weight, bias?, labels, answer_index, answer_valid?,
         temperature, ignore_index, chunk_size?, kl_backend, need_hidden, need_weight, need_bias)
         -> (ce, kl, dh, dW, db, dZ)       (linear_mcc_kernels.fused_forward)
@@ -17,10 +18,11 @@ kernels, and the launchers run on fake tensors are the fakes: `stats` is opaque 
 whatever shape the launcher gives it. Everything is registered when this module is imported
 (first by `pairwise_kl.py`); `import mcckd` alone registers nothing.
 
-A backend whose ops are defined elsewhere (C++ ops with meta functions, say) joins with one call
-per op family: add_pairwise_backend("native", "mcckd::native_pairwise_kl",
-"mcckd::native_pairwise_kl_backward") (fused_linear_mcc_loss then takes it as its kl_backend),
-and add_fused_backend("native", lambda: rows) for a cross-entropy rows function `rows`.
+A backend whose ops are defined elsewhere with these signatures (C++ ops with meta kernels,
+say) joins with one call per op family: add_pairwise_backend("native",
+"mcckd::native_pairwise_kl_forward", "mcckd::native_pairwise_kl_backward") (fused_linear_mcc_loss
+then takes it as its kl_backend too), and add_fused_backend("native", lambda: rows) for a
+cross-entropy rows function `rows` of cross_entropy.py's contract.
 """
 import torch
 
@@ -45,20 +47,19 @@ def fused_linear_mcc_op(backend: str):
 
 
 def add_pairwise_backend(backend: str, forward: str, backward: str) -> None:
-    """Use the ops named `forward` (logits, valid?, inv_t) -> (group_loss, stats) and
-    `backward` (logits, valid?, inv_t, stats, grad_group) -> grad for `backend`, the first
+    """Use the ops named `forward` and `backward` (signatures above) for `backend`, the first
     differentiated through the second."""
     backward_op = _op(backward)
 
     def setup_context(ctx, inputs, output):
-        logits, valid, inv_t = inputs
+        logits, valid, temperature = inputs
         ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(logits, valid, output[1])
-        ctx.inv_t = inv_t
+        ctx.save_for_backward(logits, valid, *output)
+        ctx.temperature = temperature
 
     def backward_fn(ctx, grad_loss, _grad_stats):
-        logits, valid, stats = ctx.saved_tensors
-        return backward_op(logits, valid, ctx.inv_t, stats, grad_loss), None, None
+        logits, valid, group_loss, stats = ctx.saved_tensors
+        return backward_op(grad_loss, logits, valid, group_loss, stats, ctx.temperature), None, None
 
     torch.library.register_autograd(forward, backward_fn, setup_context=setup_context)
     _PAIRWISE[backend] = (_op(forward), backward_op)
@@ -69,26 +70,27 @@ def _op(name):
     return getattr(getattr(torch.ops, namespace), op)
 
 
-@torch.library.custom_op("mcckd::pairwise_kl_torch", mutates_args=())
-def _pairwise_kl_torch(logits: Tensor, valid: Tensor | None, inv_t: float) -> tuple[Tensor, Tensor]:
-    return pairwise_kl_forward_torch(logits, valid, inv_t)
+@torch.library.custom_op("mcckd::pairwise_kl_torch_forward", mutates_args=())
+def _pairwise_kl_torch(logits: Tensor, valid: Tensor | None, temperature: float) -> tuple[Tensor, Tensor]:
+    return pairwise_kl_forward_torch(logits, valid, 1.0 / temperature)
 
 
 @_pairwise_kl_torch.register_fake
-def _(logits, valid, inv_t):
+def _(logits, valid, temperature):
     G, K, _ = logits.shape
     dtype = accumulator_dtype(logits.dtype)
     return logits.new_empty(G, dtype=dtype), logits.new_empty(STATS, G, K, dtype=dtype)
 
 
 @torch.library.custom_op("mcckd::pairwise_kl_torch_backward", mutates_args=())
-def _pairwise_kl_torch_backward(logits: Tensor, valid: Tensor | None, inv_t: float, stats: Tensor,
-                                grad_group: Tensor) -> Tensor:
-    return pairwise_kl_backward_torch(logits, valid, inv_t, stats, grad_group).contiguous()
+def _pairwise_kl_torch_backward(grad_group: Tensor, logits: Tensor, valid: Tensor | None, group_loss: Tensor,
+                                stats: Tensor, temperature: float) -> Tensor:
+    return pairwise_kl_backward_torch(logits, valid, 1.0 / temperature, group_loss, stats,
+                                      grad_group).contiguous()
 
 
 @_pairwise_kl_torch_backward.register_fake
-def _(logits, valid, inv_t, stats, grad_group):
+def _(grad_group, logits, valid, group_loss, stats, temperature):
     return logits.new_empty(logits.shape)
 
 
@@ -137,32 +139,33 @@ def _fused_fake(hidden, weight, bias, labels, answer_index, answer_valid, temper
     return tuple(torch.empty(shape, **f) for shape in shapes)
 
 
-add_pairwise_backend("torch", "mcckd::pairwise_kl_torch", "mcckd::pairwise_kl_torch_backward")
+add_pairwise_backend("torch", "mcckd::pairwise_kl_torch_forward", "mcckd::pairwise_kl_torch_backward")
 add_fused_backend("torch", lambda: cross_entropy_rows_torch)
 
 
 def _register_triton_ops():
     """The triton ops: triton_op around the launchers (imported when first run)."""
 
-    @torch.library.triton_op("mcckd::pairwise_kl_triton", mutates_args=())
-    def _pairwise_kl_triton(logits: Tensor, valid: Tensor | None, inv_t: float) -> tuple[Tensor, Tensor]:
+    @torch.library.triton_op("mcckd::pairwise_kl_triton_forward", mutates_args=())
+    def _pairwise_kl_triton(logits: Tensor, valid: Tensor | None,
+                            temperature: float) -> tuple[Tensor, Tensor]:
         from mcckd.ops.pairwise_kl_triton import pairwise_kl_forward
 
-        return pairwise_kl_forward(logits, valid, inv_t)
+        return pairwise_kl_forward(logits, valid, 1.0 / temperature)
 
     @torch.library.triton_op("mcckd::pairwise_kl_triton_backward", mutates_args=())
-    def _pairwise_kl_triton_backward(logits: Tensor, valid: Tensor | None, inv_t: float, stats: Tensor,
-                                     grad_group: Tensor) -> Tensor:
+    def _pairwise_kl_triton_backward(grad_group: Tensor, logits: Tensor, valid: Tensor | None,
+                                     group_loss: Tensor, stats: Tensor, temperature: float) -> Tensor:
         from mcckd.ops.pairwise_kl_triton import pairwise_kl_backward
 
-        return pairwise_kl_backward(logits, valid, inv_t, stats, grad_group)
+        return pairwise_kl_backward(logits, valid, 1.0 / temperature, stats, grad_group)
 
     def cross_entropy_rows_triton():
         from mcckd.ops.cross_entropy import cross_entropy_rows_triton
 
         return cross_entropy_rows_triton
 
-    add_pairwise_backend("triton", "mcckd::pairwise_kl_triton", "mcckd::pairwise_kl_triton_backward")
+    add_pairwise_backend("triton", "mcckd::pairwise_kl_triton_forward", "mcckd::pairwise_kl_triton_backward")
     add_fused_backend("triton", cross_entropy_rows_triton, triton=True)
 
 
