@@ -5,11 +5,12 @@ The math is docs/design.md's ("The consistency loss" and "Precision: differences
 row"); the pivot-difference terms are the device functions of `pairwise_kl_pivot.py`.
 
 Forward, one read of the logits: a program walks the vocabulary in [K, BLOCK_V] tiles and
-keeps per row the running maximum mx_i of the raw logits and the sums d_r, D_i, B_i, F_i, per
-column slot ([K, BLOCK_V], summed once after the loop). When maxima grow the sums are rescaled
-exactly (`growth_factors`); that happens in the first tiles and rarely after, behind a branch.
-A tile keeps all K rows of a column in one thread (BLOCK_V >= 32 lanes x 16-byte vectors x
-warps), so sums over rows never leave the thread. The group's end turns the sums into the loss
+keeps per row the running maximum mx_i of the raw logits and the sums d_r, D_i, B_i, F_i,
+each tile's added to them (four sums over columns a tile: per-column-slot sums would hold
+three more [K, BLOCK_V] float32 arrays and spill registers). After each tile's maxima the sums
+are rescaled exactly (`growth_factors`; the identity when no maximum grew). A tile keeps all
+K rows of a column in one thread (BLOCK_V >= 32 lanes x 16-byte vectors x warps), so sums over
+rows never leave the thread. The group's end turns the sums into the loss
 and the stats the backward needs. With few groups the vocabulary is split across programs and
 a second small kernel merges the partial sums with the same rescaling.
 
@@ -85,10 +86,10 @@ def _row_sums(x_ptr, g, rows, valid, is_pivot, n, n_true, col_start, col_end, st
               inv_t, K_PAD: tl.constexpr, BLOCK_V: tl.constexpr):
     """(mx, d_r, D, B, F, poison) of group g over columns [col_start, col_end), in one read."""
     mx = tl.full([K_PAD], FLOOR, tl.float32)
-    d_r = tl.zeros([1, BLOCK_V], tl.float32)
-    D = tl.zeros([K_PAD, BLOCK_V], tl.float32)
-    B = tl.zeros([K_PAD, BLOCK_V], tl.float32)
-    F = tl.zeros([K_PAD, BLOCK_V], tl.float32)
+    d_r = tl.zeros([1], tl.float32)
+    D = tl.zeros([K_PAD], tl.float32)
+    B = tl.zeros([K_PAD], tl.float32)
+    F = tl.zeros([K_PAD], tl.float32)
     poison = tl.zeros([BLOCK_V], tl.int32)
     # The next tile's load is issued before this tile's arithmetic, so it is in flight meanwhile.
     x_next = _load_tile(x_ptr, g, rows, valid, col_start + tl.arange(0, BLOCK_V), col_end,
@@ -99,17 +100,15 @@ def _row_sums(x_ptr, g, rows, valid, is_pivot, n, n_true, col_start, col_end, st
                             stride_g, stride_k, stride_v)
         poison = tl.maximum(poison, poison_code(x, valid, n_true))
         mx_new = tl.maximum(mx, tl.max(x, axis=1))
-        if tl.max(mx_new - mx, axis=0) > 0.0:
-            s, s_r, gap, beta = growth_factors(mx, mx_new, is_pivot, n, inv_t, 0)
-            d_r, D, B, F = rescaled(d_r, D, B, F, s[:, None], s_r[:, None], gap[:, None], beta[:, None])
-            mx = mx_new
+        s, s_r, gap, beta = growth_factors(mx, mx_new, is_pivot, n, inv_t, 0)
+        d_r, D, B, F = rescaled(d_r, D, B, F, s, s_r, gap, beta)
+        mx = mx_new
         e_r, b, q = column_terms(x, mx, is_pivot, n, inv_t)
-        d_r += e_r
-        D += q
-        B += e_r * b
-        F += q * b
-    return mx, tl.sum(tl.sum(d_r, axis=1), axis=0), tl.sum(D, axis=1), tl.sum(B, axis=1), tl.sum(F, axis=1), \
-        tl.max(poison, axis=0)
+        d_r += tl.sum(e_r, axis=1)
+        D += tl.sum(q, axis=1)
+        B += tl.sum(e_r * b, axis=1)
+        F += tl.sum(q * b, axis=1)
+    return mx, tl.sum(d_r, axis=0), D, B, F, tl.max(poison, axis=0)
 
 
 @triton.jit
@@ -228,7 +227,7 @@ def _pairwise_kl_bwd_kernel(
 @dataclasses.dataclass(frozen=True)
 class LaunchConfig:
     """Tiles of up to `tile_values` logits (K_PAD x BLOCK_V) with at most `values_per_thread`
-    of them in each thread (the forward keeps three float32 sums of the tile's shape),
+    of them in each thread (every [K_PAD, BLOCK_V] float32 temporary costs that many registers),
     at most `max_warps` warps, and for the forward, splits of the vocabulary until there are
     `programs_per_sm` programs per multiprocessor. bench/tune_pairwise_kl.py measures them."""
 
@@ -254,7 +253,7 @@ class LaunchConfig:
 
 
 FORWARD_CONFIG = LaunchConfig(tile_values=4096, values_per_thread=32, max_warps=4)
-BACKWARD_CONFIG = LaunchConfig(tile_values=8192, values_per_thread=64, max_warps=4)
+BACKWARD_CONFIG = LaunchConfig(tile_values=8192, values_per_thread=32, max_warps=4)
 
 
 def _num_splits(G, V, block_v, device, programs_per_sm):
