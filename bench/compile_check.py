@@ -101,8 +101,8 @@ def linear_mcc_configurations():
     ):
         yield (cross_entropy._cross_entropy_kernel, 8,
                {"logits_ptr": "*fp32", "bias_ptr": f"*{dtype}", "labels_ptr": "*i64", "loss_ptr": "*fp32",
-                "grad_ptr": f"*{dtype}", "V": "i32", "stride_logits": "i64", "stride_grad": "i64",
-                "ignore_index": "i64"},
+                "grad_ptr": f"*{dtype}", "V": "i32", "stride_logits": "i64", "stride_col": "i32",
+                "stride_bias": "i32", "stride_grad": "i64", "stride_grad_col": "i32", "ignore_index": "i64"},
                {"BLOCK_V": block_v, "HAS_BIAS": has_bias, "HAS_GRAD": has_grad})
 
 
