@@ -12,6 +12,8 @@ import logging
 import os
 from pathlib import Path
 
+import torch
+
 LIBRARY = Path(__file__).resolve().parents[1] / ("_native" + importlib.machinery.EXTENSION_SUFFIXES[0])
 logger = logging.getLogger(__name__)
 
@@ -23,8 +25,6 @@ def unavailable_reason() -> str | None:
         return "disabled by MCCKD_DISABLE_NATIVE"
     if not LIBRARY.exists():
         return f"not built ({LIBRARY.name} missing: `pip install -e .` builds it unless MCCKD_BUILD_NATIVE=0)"
-    import torch
-
     try:
         torch.ops.load_library(str(LIBRARY))
     except (OSError, RuntimeError) as error:
@@ -32,8 +32,10 @@ def unavailable_reason() -> str | None:
     return None
 
 
+@torch.compiler.assume_constant_result
 def native_available() -> bool:
-    """True when the compiled CPU ops are loaded (torch.ops.mcckd.native_*)."""
+    """True when the compiled CPU ops are loaded (torch.ops.mcckd.native_*); a constant to
+    torch.compile, which would otherwise trace into the file check."""
     return unavailable_reason() is None
 
 

@@ -1,0 +1,138 @@
+"""Triton device functions of the pivot-difference formulation of `pairwise_sym_kl`
+(docs/design.md, "Precision: differences to a pivot row"), shared by the kernels of
+`pairwise_kl_triton.py`.
+
+A group's rows lie along one axis: axis 0 of a [K_PAD, BLOCK_V] tile, axis 1 of the merge's
+[splits, K_PAD]. r is the pivot row (the first valid one). Rows that are not valid hold copies
+of the pivot's logits, so their differences to it are exactly 0 and a sum over all rows of a
+difference is its sum over the valid rows. For raw logits x, running row maxima mx and
+inv_t = 1 / T (k valid rows):
+
+    delta_i = ((x_i - x_r) - (mx_i - mx_r)) / T      b_i = delta_i - mean_j delta_j
+    e_r = exp((x_r - mx_r) / T)                      q~_i = e_i - e_r = e_r expm1(delta_i)
+    d_r = sum_v e_r,  D_i = sum_v q~_i,  B_i = sum_v e_r b_i,  F_i = sum_v q~_i b_i
+
+Both differences are taken with their rounding error kept (`two_diff`), so delta is exact to
+float32 rounding whether the rows are close (Sterbenz) or shifted by large constants.
+"""
+import triton
+import triton.language as tl
+
+# The initial running maximum: the lowest float32, so every finite logit raises it and
+# exp(-inf - max) = 0 for a row that has shown only -inf so far.
+FLOOR = tl.constexpr(-3.4028234663852886e38)
+# |delta| below which q~ = e_r expm1(delta) by the series, above which q~ = e_i - e_r.
+SERIES_LIMIT = tl.constexpr(0.5)
+
+
+@triton.jit
+def expm1_series(x):
+    """exp(x) - 1 for |x| <= 1/2 to float32 rounding: x (1 + x/2 (1 + x/3 (... (1 + x/9)))),
+    whose remainder is below 1e-9 of the value."""
+    r = 1.0 + x * (1.0 / 9.0)
+    for k in tl.static_range(8, 1, -1):
+        r = 1.0 + x * r * (1.0 / k)
+    return x * r
+
+
+@triton.jit
+def two_diff(a, b):
+    """(s, err): s = fl(a - b) and s + err = a - b exactly (Knuth's two-sum); (0, 0) where
+    a == b, equal infinities included."""
+    s = a - b
+    b_part = s - a
+    err = (a - (s - b_part)) - (b + b_part)
+    same = a == b
+    return tl.where(same, 0.0, s), tl.where(same, 0.0, err)
+
+
+@triton.jit
+def difference_of_differences(a, b, c, d):
+    """(a - b) - (c - d) with a single rounding at the end."""
+    s_ab, err_ab = two_diff(a, b)
+    s_cd, err_cd = two_diff(c, d)
+    return (s_ab - s_cd) + (err_ab - err_cd)
+
+
+@triton.jit
+def pivot_of(x, is_pivot, AXIS: tl.constexpr):
+    """The pivot row of x (rows along AXIS, is_pivot broadcast against x), as a size-1 axis."""
+    return tl.sum(tl.where(is_pivot, x, 0.0), axis=AXIS, keep_dims=True)
+
+
+@triton.jit
+def invalid_rows_as_pivot(x, valid, is_pivot):
+    """Tile x [K_PAD, BLOCK_V] with every row that is not valid replaced by the pivot row."""
+    return tl.where(valid[:, None], x, pivot_of(x, is_pivot[:, None], 0))
+
+
+@triton.jit
+def poison_code(x, valid, n_true):
+    """Per column of a tile: 2 where a valid row holds NaN or +inf (the loss is NaN), 1 where
+    -inf holds in some valid rows but not all (the loss is +inf), 0 elsewhere."""
+    rows = valid[:, None]
+    nan_or_inf = tl.sum((rows & ((x != x) | (x == float("inf")))).to(tl.int32), axis=0)
+    minus_inf = tl.sum((rows & (x == float("-inf"))).to(tl.int32), axis=0)
+    mixed = (minus_inf > 0) & (minus_inf < n_true)
+    return tl.where(nan_or_inf > 0, 2, mixed.to(tl.int32))
+
+
+@triton.jit
+def column_terms(x, mx, is_pivot, n, inv_t):
+    """(e_r [1, BLOCK_V], b, q~ [K_PAD, BLOCK_V]) of a float32 tile x whose invalid rows are the
+    pivot's, with row maxima mx [K_PAD]. A column at -inf in every row has e_r = q~ = 0."""
+    x_r = pivot_of(x, is_pivot[:, None], 0)
+    mx_r = pivot_of(mx, is_pivot, 0)
+    delta = difference_of_differences(x, x_r, mx[:, None], mx_r[:, None]) * inv_t
+    b = delta - tl.sum(delta, axis=0, keep_dims=True) / n
+    e_r = tl.exp((x_r - mx_r[:, None]) * inv_t)
+    e = tl.exp((x - mx[:, None]) * inv_t)
+    q = tl.where(tl.abs(delta) < SERIES_LIMIT, e_r * expm1_series(delta), e - e_r)
+    return e_r, b, q
+
+
+@triton.jit
+def growth_factors(mx, mx_new, is_pivot, n, inv_t, AXIS: tl.constexpr):
+    """(s, s_r, gap, beta) that move the sums from maxima mx to mx_new (rows along AXIS):
+    with Delta_i = (mx_new_i - mx_i) / T, s_i = exp(-Delta_i), gap_i = s_i - s_r
+    = s_r expm1(Delta_r - Delta_i) and beta_i = (Delta_i - Delta_r) centred over the rows,
+    the amount by which every b_i drops."""
+    mx_r = pivot_of(mx, is_pivot, AXIS)
+    mx_new_r = pivot_of(mx_new, is_pivot, AXIS)
+    rel = difference_of_differences(mx_new, mx_new_r, mx, mx_r) * inv_t
+    beta = rel - tl.sum(rel, axis=AXIS, keep_dims=True) / n
+    s = tl.exp((mx - mx_new) * inv_t)
+    s_r = tl.exp((mx_r - mx_new_r) * inv_t)
+    gap = tl.where(tl.abs(rel) < SERIES_LIMIT, s_r * expm1_series(-rel), s - s_r)
+    return s, s_r, gap, beta
+
+
+@triton.jit
+def rescaled(d_r, D, B, F, s, s_r, gap, beta):
+    """The sums after the maxima grow (all shapes broadcast): e_r -> s_r e_r,
+    q~_i -> s_i q~_i + gap_i e_r, b_i -> b_i - beta_i."""
+    b_sum = B - beta * d_r
+    return s_r * d_r, s * D + gap * d_r, s_r * b_sum, s * (F - beta * D) + gap * b_sum
+
+
+@triton.jit
+def row_terms(d_r, D, B, F, valid, n):
+    """(S, rho, Lam, c) of a group from its sums (d_r a scalar; D, B, F [K_PAD]), with
+    d_i = d_r + D_i, rho_i = D_i / d_r, Lam_i = log1p(rho_i) - mean_j log1p(rho_j),
+    cov_i = (F_i - D_i B_i / d_r) / d_i, c_i = B_i / d_r - Lam_i + cov_i, S = k sum_i cov_i."""
+    rho = D / d_r
+    lam = tl.where(valid, tl.log(1.0 + rho.to(tl.float64)).to(tl.float32), 0.0)
+    centred_lam = lam - tl.sum(lam, axis=0) / n
+    cov = tl.where(valid, (F - D * (B / d_r)) / (d_r + D), 0.0)
+    return n * tl.sum(cov, axis=0), rho, centred_lam, B / d_r - centred_lam + cov
+
+
+@triton.jit
+def score_gradient(e_r, b, q, inv_d_r, rho, centred_lam, c, valid, n):
+    """dS/dy [K_PAD, BLOCK_V] = k [p_r (eps_i - c_i) + q_i (1 + eps_i - c_i)] - sum_j q_j, with
+    p_r = e_r / d_r, q_i = p_i - p_r = (q~_i / d_r - p_r rho_i) / (1 + rho_i) and
+    eps_i = b_i - Lam_i = l_i - lbar: every term as small as the gradient."""
+    p_r = e_r * inv_d_r
+    q_p = tl.where(valid[:, None], (q * inv_d_r - p_r * rho[:, None]) * (1.0 / (1.0 + rho))[:, None], 0.0)
+    t = b - (centred_lam + c)[:, None]
+    return n * (p_r * t + q_p * (1.0 + t)) - tl.sum(q_p, axis=0, keep_dims=True)
