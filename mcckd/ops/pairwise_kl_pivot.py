@@ -71,14 +71,11 @@ def invalid_rows_as_pivot(x, valid, is_pivot):
 
 
 @triton.jit
-def poison_code(x, valid, n_true):
-    """Per column of a tile: 2 where a valid row holds NaN or +inf (the loss is NaN), 1 where
-    -inf holds in some valid rows but not all (the loss is +inf), 0 elsewhere."""
-    rows = valid[:, None]
-    nan_or_inf = tl.sum((rows & ((x != x) | (x == float("inf")))).to(tl.int32), axis=0)
-    minus_inf = tl.sum((rows & (x == float("-inf"))).to(tl.int32), axis=0)
-    mixed = (minus_inf > 0) & (minus_inf < n_true)
-    return tl.where(nan_or_inf > 0, 2, mixed.to(tl.int32))
+def mixed_minus_inf(x, valid, n_true):
+    """Per column of a tile: 1 where -inf holds in some valid rows but not all (the loss is
+    +inf), else 0. (NaN and +inf need no flag: they reach every sum through delta.)"""
+    minus_inf = tl.sum((valid[:, None] & (x == float("-inf"))).to(tl.int32), axis=0)
+    return ((minus_inf > 0) & (minus_inf < n_true)).to(tl.int32)
 
 
 @triton.jit

@@ -42,8 +42,8 @@ from mcckd.ops.pairwise_kl_pivot import (
     column_terms,
     growth_factors,
     invalid_rows_as_pivot,
+    mixed_minus_inf,
     pivot_of,
-    poison_code,
     rescaled,
     row_terms,
     score_gradient,
@@ -51,7 +51,7 @@ from mcckd.ops.pairwise_kl_pivot import (
 from mcckd.ops.pairwise_kl_reduce import reduce_group_loss
 
 # stats [STATS_ROWS, G, K] = (mx_i, 1 / d_r, rho_i, mean_b_i);
-# partial sums [G, splits, PARTIAL_ROWS, K_PAD] = (mx_i, d_r, D_i, B_i, F_i, C_i, poison).
+# partial sums [G, splits, PARTIAL_ROWS, K_PAD] = (mx_i, d_r, D_i, B_i, F_i, C_i, mixed).
 STATS_ROWS = 4
 PARTIAL_ROWS = tl.constexpr(7)
 
@@ -84,14 +84,14 @@ def _rows_of_group(valid_ptr, g, K, stride_valid_g, stride_valid_k, K_PAD: tl.co
 @triton.jit
 def _row_sums(x_ptr, g, rows, valid, is_pivot, n, n_true, col_start, col_end, stride_g, stride_k, stride_v,
               inv_t, K_PAD: tl.constexpr, BLOCK_V: tl.constexpr):
-    """(mx, d_r, D, B, F, C, poison) of group g over columns [col_start, col_end), in one read."""
+    """(mx, d_r, D, B, F, C, mixed) of group g over columns [col_start, col_end), in one read."""
     mx = tl.full([K_PAD], FLOOR, tl.float32)
     d_r = tl.zeros([1], tl.float32)
     D = tl.zeros([K_PAD], tl.float32)
     B = tl.zeros([K_PAD], tl.float32)
     F = tl.zeros([K_PAD], tl.float32)
     C = tl.zeros([K_PAD], tl.float32)
-    poison = tl.zeros([BLOCK_V], tl.int32)
+    mixed = tl.zeros([BLOCK_V], tl.int32)
     # The next tile's load is issued before this tile's arithmetic, so it is in flight meanwhile.
     x_next = _load_tile(x_ptr, g, rows, valid, col_start + tl.arange(0, BLOCK_V), col_end,
                         stride_g, stride_k, stride_v)
@@ -99,7 +99,7 @@ def _row_sums(x_ptr, g, rows, valid, is_pivot, n, n_true, col_start, col_end, st
         x = invalid_rows_as_pivot(x_next, valid, is_pivot)
         x_next = _load_tile(x_ptr, g, rows, valid, v0 + BLOCK_V + tl.arange(0, BLOCK_V), col_end,
                             stride_g, stride_k, stride_v)
-        poison = tl.maximum(poison, poison_code(x, valid, n_true))
+        mixed = tl.maximum(mixed, mixed_minus_inf(x, valid, n_true))
         mx_new = tl.maximum(mx, tl.max(x, axis=1))
         s, s_r, gap, beta = growth_factors(mx, mx_new, is_pivot, n, inv_t, 0)
         d_r, D, B, F, C = rescaled(d_r, D, B, F, C, s, s_r, gap, beta)
@@ -110,19 +110,19 @@ def _row_sums(x_ptr, g, rows, valid, is_pivot, n, n_true, col_start, col_end, st
         B += tl.sum(e_r * b, axis=1)
         F += tl.sum(q * b, axis=1)
         C += tl.sum(e * b, axis=1)
-    return mx, tl.sum(d_r, axis=0), D, B, F, C, tl.max(poison, axis=0)
+    return mx, tl.sum(d_r, axis=0), D, B, F, C, tl.max(mixed, axis=0)
 
 
 @triton.jit
-def _finish_group(g, rows, row_in, valid, n, n_true, mx, d_r, D, B, F, C, poison, stats_ptr, plane, loss_ptr,
+def _finish_group(g, rows, row_in, valid, n, n_true, mx, d_r, D, B, F, C, mixed, stats_ptr, plane, loss_ptr,
                   K):
-    """Store the stats of group g and its loss S / (k (k - 1)) (0 for k < 2); a poisoned group
-    with pairs gets NaN stats and a NaN (poison 2) or +inf (poison 1) loss."""
+    """Store the stats of group g and its loss S / (k (k - 1)) (0 for k < 2); a group with pairs
+    and a mixed -inf column gets a +inf loss and NaN stats."""
     s, rho, mean_b = row_terms(d_r, D, B, F, C, valid, n)
     pairs = (n_true * (n_true - 1)).to(tl.float32)
     loss = tl.where(pairs > 0.0, s / tl.maximum(pairs, 1.0), 0.0)
-    bad = (poison > 0) & (pairs > 0.0)
-    loss = tl.where(bad, tl.where(poison == 2, float("nan"), float("inf")), loss)
+    bad = (mixed > 0) & (pairs > 0.0)
+    loss = tl.where(bad, float("inf"), loss)
     keep = tl.where(bad, float("nan"), 1.0)
     row_ptr = stats_ptr + g * K + rows
     tl.store(row_ptr, mx * keep, mask=row_in)
@@ -146,7 +146,7 @@ def _pairwise_kl_fwd_kernel(
                                                               K_PAD, HAS_VALID)
     col_start = s * cols_per_split
     col_end = tl.minimum(col_start + cols_per_split, V)
-    mx, d_r, D, B, F, C, poison = _row_sums(x_ptr, g, rows, valid, is_pivot, n, n_true, col_start, col_end,
+    mx, d_r, D, B, F, C, mixed = _row_sums(x_ptr, g, rows, valid, is_pivot, n, n_true, col_start, col_end,
                                          stride_g, stride_k, stride_v, inv_t, K_PAD, BLOCK_V)
     if SPLIT:
         base = part_ptr + (g * tl.num_programs(1) + s) * PARTIAL_ROWS * K_PAD + rows
@@ -157,9 +157,9 @@ def _pairwise_kl_fwd_kernel(
         tl.store(base + 3 * K_PAD, B)
         tl.store(base + 4 * K_PAD, F)
         tl.store(base + 5 * K_PAD, C)
-        tl.store(base + 6 * K_PAD, zeros + poison.to(tl.float32))
+        tl.store(base + 6 * K_PAD, zeros + mixed.to(tl.float32))
     else:
-        _finish_group(g, rows, row_in, valid, n, n_true, mx, d_r, D, B, F, C, poison,
+        _finish_group(g, rows, row_in, valid, n, n_true, mx, d_r, D, B, F, C, mixed,
                       stats_ptr, stride_stats, loss_ptr, K)
 
 
@@ -183,13 +183,13 @@ def _pairwise_kl_merge_kernel(
     B_s = tl.load(base + 3 * K_PAD, mask=split_in, other=0.0)
     F_s = tl.load(base + 4 * K_PAD, mask=split_in, other=0.0)
     C_s = tl.load(base + 5 * K_PAD, mask=split_in, other=0.0)
-    poison = tl.max(tl.max(tl.load(base + 6 * K_PAD, mask=split_in, other=0.0), axis=1), axis=0).to(tl.int32)
+    mixed = tl.max(tl.max(tl.load(base + 6 * K_PAD, mask=split_in, other=0.0), axis=1), axis=0).to(tl.int32)
     mx = tl.max(mx_s, axis=0)
     s, s_r, gap, beta = growth_factors(mx_s, mx[None, :], is_pivot[None, :], n, inv_t, 1)
     d_s, D_s, B_s, F_s, C_s = rescaled(d_s, D_s, B_s, F_s, C_s, s, s_r, gap, beta)
     d_r = tl.max(tl.sum(d_s, axis=0), axis=0)  # every row holds the same d_r
     _finish_group(g, rows, row_in, valid, n, n_true, mx, d_r, tl.sum(D_s, axis=0), tl.sum(B_s, axis=0),
-                  tl.sum(F_s, axis=0), tl.sum(C_s, axis=0), poison, stats_ptr, stride_stats, loss_ptr, K)
+                  tl.sum(F_s, axis=0), tl.sum(C_s, axis=0), mixed, stats_ptr, stride_stats, loss_ptr, K)
 
 
 @triton.jit
