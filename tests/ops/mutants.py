@@ -3,7 +3,8 @@ the sources (a dropped rescale, a swapped index, a wrong stride, a lost mask, a 
 centring, NaN turned into -inf, ...); the tests that guard that code run on the copy, and
 every mutant must make them fail ("killed"). The checkout itself is never modified.
 
-Run from the repository root (each mutant starts pytest once; about 5 minutes on 2 cores):
+Run from the repository root (pytest once per mutant, after one unmutated run of each test
+selection, which must pass):
 
     python tests/ops/mutants.py            # all mutants
     python tests/ops/mutants.py NAME ...   # some of them, by name
@@ -85,8 +86,9 @@ MUTANTS = (
            pairwise("nan_or_plus_inf")),
     Mutant("mixed -inf not flagged", PIVOT, "(minus_inf > 0) & (minus_inf < n_true)",
            "(minus_inf > 0) & (minus_inf < 0)", pairwise("minus_inf_in_some")),
-    Mutant("invalid rows read", KERNELS, "    mask = valid[:, None] & (cols < col_limit)[None, :]",
-           "    mask = (rows >= 0)[:, None] & (cols < col_limit)[None, :]", pairwise("contribute_nothing")),
+    Mutant("invalid rows not replaced by the pivot's", KERNELS,
+           "        x = invalid_rows_as_pivot(x_next, valid, is_pivot)", "        x = x_next",
+           pairwise("contribute_nothing")),
     Mutant("pivot is row 0 even when invalid", KERNELS,
            "is_pivot = rows == tl.min(tl.where(valid, rows, K_PAD), axis=0)", "is_pivot = rows == 0",
            pairwise("contribute_nothing or sixteen")),
@@ -94,10 +96,10 @@ MUTANTS = (
            "offsets = g * stride_grad_g + rows.to(tl.int64)[:, None] * stride_grad_k",
            "offsets = g * stride_g + rows.to(tl.int64)[:, None] * stride_k", pairwise("strided")),
     Mutant("column stride ignored", KERNELS, "cols.to(tl.int64)[None, :] * stride_v",
-           "cols.to(tl.int64)[None, :]", pairwise("column_strides")),
+           "cols.to(tl.int64)[None, :]", (EDGES, "-k", "column_strides")),
     Mutant("valid mask strides ignored", KERNELS,
            "offsets = g * stride_valid_g + rows.to(tl.int64) * stride_valid_k", "offsets = g * K + rows",
-           pairwise("column_strides")),
+           (EDGES, "-k", "column_strides")),
     Mutant("G = 0 launched", KERNELS, "    if G == 0:\n        return group_loss, stats\n", "",
            pairwise("no_groups")),
     Mutant("mean over groups counts single rows", REDUCE, "tl.where(n >= 2.0, 1.0, 0.0)",
@@ -122,13 +124,15 @@ def copy_of_checkout(destination):
         shutil.copy(ROOT / name, destination / name)
 
 
-def killed(mutant):
-    """(killed, seconds): run the mutant's tests on a mutated copy of the checkout."""
+def failed(mutant, mutate=True):
+    """(the tests failed, seconds): run the mutant's tests on a copy of the checkout, mutated
+    unless `mutate` is False (the baseline, where they must pass)."""
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp)
         copy_of_checkout(copy)
         target = copy / mutant.path
-        target.write_text(mutant.apply(target.read_text()))
+        if mutate:
+            target.write_text(mutant.apply(target.read_text()))
         env = {**os.environ, "PYTHONPATH": str(copy), "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
         start = time.monotonic()
         result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
@@ -143,11 +147,16 @@ def main(argv):
         print("\n".join(m.name for m in MUTANTS))
         return 0
     chosen = [m for m in MUTANTS if not argv or m.name in argv]
+    for tests in dict.fromkeys(m.tests for m in chosen):  # each selection passes unmutated
+        baseline = next(m for m in chosen if m.tests == tests)
+        if failed(baseline, mutate=False)[0]:
+            print(f"the unmutated sources fail: pytest {' '.join(tests)}")
+            return 1
     applied = killed_count = 0
     for mutant in chosen:
         mutant.apply((ROOT / mutant.path).read_text())
         applied += 1
-        dead, seconds = killed(mutant)
+        dead, seconds = failed(mutant)
         killed_count += dead
         print(f"{'killed  ' if dead else 'SURVIVED'} {seconds:5.0f} s  {mutant.name}", flush=True)
     print(f"{applied} applied, {killed_count} killed")
