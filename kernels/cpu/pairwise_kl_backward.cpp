@@ -21,12 +21,12 @@
 namespace mcckd_native {
 namespace {
 
-// Per-thread buffers: the tile of the valid rows [k, kTile] (overwritten by a_i below),
-// mean_j delta_j, sum_j q_j.
+// Per-thread buffers: the tile of the valid rows [k, kTile] (rows 1.. overwritten by delta_i,
+// then every row by a_i below), u_r = (x_r - m_r) / T, mean_j delta_j, sum_j q_j.
 template <typename A>
 struct Workspace {
-  explicit Workspace(int64_t K) : y(K * kTile), mean(kTile), sum_q(kTile), rows(K) {}
-  std::vector<A> y, mean, sum_q;
+  explicit Workspace(int64_t K) : y(K * kTile), u_r(kTile), mean(kTile), sum_q(kTile), rows(K) {}
+  std::vector<A> y, u_r, mean, sum_q;
   std::vector<int64_t> rows;
 };
 
@@ -37,44 +37,43 @@ struct Workspace {
 // MASKED: the tile holds -inf; with a finite loss such a column is -inf in every valid row
 // and its gradient is 0.
 template <bool MASKED, typename T, typename A>
-void tile_gradient(Workspace<A>& ws, const A* stats_g, int64_t k, int64_t n, A scale, T* out, int64_t V) {
+void tile_gradient(Workspace<A>& ws, const A* stats_g, int64_t k, int64_t n, double inv_t, A scale, T* out,
+                   int64_t V) {
   const A* y_r = ws.y.data();
   const A* s_r = stats_g + ws.rows[0] * kNumStats;
   const A m_r = s_r[kMax], inv_d_r = A(1) / s_r[kDenom];
+  A* u_r = ws.u_r.data();
   A* mean = ws.mean.data();
   A* sum_q = ws.sum_q.data();
   const A inv_k = A(1) / A(k), kk = A(k), neg_inf = -std::numeric_limits<A>::infinity();
+  const A t = static_cast<A>(inv_t);
 #pragma omp simd
   for (int64_t c = 0; c < n; ++c) {
     mean[c] = 0;
     sum_q[c] = 0;
+    u_r[c] = (y_r[c] - m_r) * t;
   }
   for (int64_t i = 1; i < k; ++i) {
-    const A* y = y_r + i * kTile;
-    const A m_i = stats_g[ws.rows[i] * kNumStats + kMax];
-#pragma omp simd
-    for (int64_t c = 0; c < n; ++c) mean[c] += (y[c] - m_i) - (y_r[c] - m_r);
+    pivot_differences(ws.y.data() + i * kTile, y_r, stats_g[ws.rows[i] * kNumStats + kMax], m_r, inv_t, n, mean);
   }
-  // Rows k-1..1 first: their tile is overwritten by a_i while the pivot's is still read.
   for (int64_t i = k - 1; i >= 0; --i) {
     A* y = ws.y.data() + i * kTile;
     const A* s = stats_g + ws.rows[i] * kNumStats;
-    const A m_i = s[kMax], rho = s[kRho], inv_d = A(1) / s[kDenom], lambda_c = s[kLambda] + s[kInner];
+    const A rho = s[kRho], inv_d = A(1) / s[kDenom], lambda_c = s[kLambda] + s[kInner];
 #pragma omp simd
     for (int64_t c = 0; c < n; ++c) {
-      const A u_r = y_r[c] - m_r, u = y[c] - m_i;
-      const A e_r = exp_nonpositive(u_r);
+      const A delta = i == 0 ? A(0) : y[c];
+      const A e_r = exp_nonpositive(u_r[c]);
       const A p_r = e_r * inv_d_r;
-      const A e_i = exp_nonpositive(u);
-      const A delta = u - u_r;
+      const A e_i = exp_nonpositive(u_r[c] + delta);
       const bool near = std::abs(delta) < A(0.5);
       const A q_tilde = i == 0 ? A(0) : (near ? e_r * expm1_small(delta) : e_i - e_r);
       A q = near ? (q_tilde - e_r * rho) * inv_d : e_i * inv_d - p_r;
       const A w = (delta - mean[c] * inv_k) - lambda_c;
       A a = near ? kk * (p_r * w + q * (A(1) + w)) : kk * (e_i * inv_d * (A(1) + w) - p_r);
       if (MASKED) {
-        q = y_r[c] == neg_inf ? A(0) : q;
-        a = y_r[c] == neg_inf ? A(0) : a;
+        q = u_r[c] == neg_inf ? A(0) : q;
+        a = u_r[c] == neg_inf ? A(0) : a;
       }
       sum_q[c] += q;
       y[c] = a;
@@ -102,18 +101,18 @@ void zero_other_rows(T* out_g, const int64_t* rows, int64_t k, int64_t K, int64_
 
 template <typename T, typename A>
 void backward_group(const T* group, int64_t stride_k, int64_t stride_v, int64_t V, int64_t k,
-                    A inv_t, A scale, const A* stats_g, Workspace<A>& ws, T* out) {
+                    double inv_t, A scale, const A* stats_g, Workspace<A>& ws, T* out) {
   for (int64_t v0 = 0; v0 < V; v0 += kTile) {
     const int64_t n = std::min(kTile, V - v0);
     bool negative_infinity = false;
     for (int64_t i = 0; i < k; ++i) {
-      negative_infinity |= load_segment(group + ws.rows[i] * stride_k + v0 * stride_v, stride_v, n, inv_t,
+      negative_infinity |= load_segment(group + ws.rows[i] * stride_k + v0 * stride_v, stride_v, n, A(1),
                                         ws.y.data() + i * kTile).negative_infinity;
     }
     if (negative_infinity) {
-      tile_gradient<true>(ws, stats_g, k, n, scale, out + v0, V);
+      tile_gradient<true>(ws, stats_g, k, n, inv_t, scale, out + v0, V);
     } else {
-      tile_gradient<false>(ws, stats_g, k, n, scale, out + v0, V);
+      tile_gradient<false>(ws, stats_g, k, n, inv_t, scale, out + v0, V);
     }
   }
 }
@@ -131,7 +130,7 @@ void backward_all(const at::Tensor& grad_group, const at::Tensor& logits, const 
   const A* loss = group_loss.data_ptr<A>();
   const A* stat = stats.data_ptr<A>();
   T* out = grad.data_ptr<T>();
-  const A inv_t = A(1) / static_cast<A>(temperature);
+  const double inv_t = 1.0 / temperature;
   at::parallel_for(0, G, 1, [&](int64_t begin, int64_t end) {
     Workspace<A> ws(K);
     for (int64_t g = begin; g < end; ++g) {
@@ -145,7 +144,7 @@ void backward_all(const at::Tensor& grad_group, const at::Tensor& logits, const 
         }
         continue;
       }
-      const A scale = grad_g[g * grad_sg] * inv_t / A(k * (k - 1));
+      const A scale = grad_g[g * grad_sg] * static_cast<A>(inv_t) / A(k * (k - 1));
       backward_group(data + g * sg, sk, sv, V, k, inv_t, scale, stat + g * K * kNumStats, ws, out_g);
     }
   });

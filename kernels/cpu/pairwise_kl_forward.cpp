@@ -1,7 +1,8 @@
 // Forward of the pairwise symmetric KL: one pass over the vocabulary per group, tile by tile.
 //
-// Per valid row i of a group with pivot r (its first valid row), y_i = x_i / T, running max m_i,
-// e_i = exp(y_i - m_i), delta_i = (y_i - m_i) - (y_r - m_r), b_i = delta_i - mean_j delta_j,
+// Per valid row i of a group with pivot r (its first valid row), running max m_i of x_i,
+// e_i = exp((x_i - m_i) / T), delta_i = ((x_i - x_r) - (m_i - m_r)) / T (in float64: exact for
+// float inputs), b_i = delta_i - mean_j delta_j,
 // q~_i = e_i - e_r = e_r expm1(delta_i) (|delta_i| < 1/2, else the plain difference), and
 //   d_r = sum_v e_r,  D_i = sum_v q~_i,  B_i = sum_v e_r b_i,  F_i = sum_v q~_i b_i.
 // When a tile raises the maxima by Delta_i the sums are rescaled exactly (rescale()); at the end
@@ -52,40 +53,45 @@ struct GroupSums {
   A d_r = 0;
 };
 
-// Sums at maxima m_i expressed at m_i + Delta_i: with s_i = exp(-Delta_i), s_r = exp(-Delta_r),
-// t_i = s_i - s_r (through expm1 when Delta_r - Delta_i is small) and the centred
-// c_i = Delta_i - mean_j Delta_j (b_i moves by -c_i):
+// Sums at maxima m_i expressed at m_i' (maxima of x; Delta_i = (m_i' - m_i) / T): with
+// s_i = exp(-Delta_i), s_r = exp(-Delta_r), t_i = s_i - s_r (through expm1 when Delta_r - Delta_i
+// is small) and the centred c_i = Delta_i - mean_j Delta_j (b_i moves by -c_i):
 //   F_i <- s_i (F_i - c_i D_i) + t_i (B_i - c_i d_r),  D_i <- s_i D_i + t_i d_r,
 //   B_i <- s_r (B_i - c_i d_r),  d_r <- s_r d_r,  E_i <- s_i (E_i - c_i d_i),  d_i <- s_i d_i.
+// The Deltas are formed in float64 from the float maxima.
 template <typename A>
-void rescale(GroupSums<A>& sums, int64_t k) {
-  A mean_delta = 0;
-  for (int64_t i = 0; i < k; ++i) mean_delta += sums.new_max[i] - sums.max[i];
-  mean_delta /= A(k);
-  const A delta_r = sums.new_max[0] - sums.max[0];
-  const A s_r = std::exp(-delta_r);
+void rescale(GroupSums<A>& sums, int64_t k, double inv_t) {
+  std::vector<double> delta(k);
+  double mean_delta = 0;
   for (int64_t i = 0; i < k; ++i) {
-    const A delta_i = sums.new_max[i] - sums.max[i];
-    const A centred = delta_i - mean_delta;
-    const A s_i = std::exp(-delta_i);
-    const A gap = delta_r - delta_i;
-    const A t_i = std::abs(gap) < A(0.5) ? s_r * std::expm1(gap) : s_i - s_r;
+    delta[i] = (static_cast<double>(sums.new_max[i]) - static_cast<double>(sums.max[i])) * inv_t;
+    mean_delta += delta[i];
+  }
+  mean_delta /= static_cast<double>(k);
+  const double s_r = std::exp(-delta[0]);
+  for (int64_t i = 0; i < k; ++i) {
+    const A centred = static_cast<A>(delta[i] - mean_delta);
+    const double gap = delta[0] - delta[i];
+    const A s_i = static_cast<A>(std::exp(-delta[i]));
+    const A t_i = static_cast<A>(std::abs(gap) < 0.5 ? s_r * std::expm1(gap) : std::exp(-delta[i]) - s_r);
     const A B_shifted = sums.B[i] - centred * sums.d_r;
     sums.F[i] = s_i * (sums.F[i] - centred * sums.D[i]) + t_i * B_shifted;
     sums.D[i] = s_i * sums.D[i] + t_i * sums.d_r;
-    sums.B[i] = s_r * B_shifted;
+    sums.B[i] = static_cast<A>(s_r) * B_shifted;
     sums.E[i] = s_i * (sums.E[i] - centred * sums.d[i]);
     sums.d[i] *= s_i;
   }
-  sums.d_r *= s_r;
+  sums.d_r *= static_cast<A>(s_r);
 }
 
-// Per-thread buffers: the tile of the valid rows [k, kTile], e_r, mean_j delta_j, and which
-// columns count (MASKED tiles: those without -inf).
+// Per-thread buffers: the tile of the valid rows [k, kTile] (rows 1.. overwritten by their
+// delta_i), u_r = (x_r - m_r) / T, e_r, mean_j delta_j, and which columns count (MASKED tiles:
+// those without -inf).
 template <typename A>
 struct Workspace {
-  explicit Workspace(int64_t K) : y(K * kTile), e_r(kTile), mean(kTile), keep(kTile), rows(K), sums(K) {}
-  std::vector<A> y, e_r, mean, keep;
+  explicit Workspace(int64_t K)
+      : y(K * kTile), u_r(kTile), e_r(kTile), mean(kTile), keep(kTile), rows(K), sums(K) {}
+  std::vector<A> y, u_r, e_r, mean, keep;
   std::vector<int64_t> rows;
   GroupSums<A> sums;
 };
@@ -93,14 +99,15 @@ struct Workspace {
 // Adds the tile's n columns to the sums. MASKED: the tile holds -inf; a column at -inf in every
 // valid row is left out, one at -inf in some rows only is left out and makes the result true.
 template <bool MASKED, typename A>
-bool accumulate_tile(Workspace<A>& ws, int64_t k, int64_t n) {
+bool accumulate_tile(Workspace<A>& ws, int64_t k, int64_t n, double inv_t) {
   GroupSums<A>& sums = ws.sums;
   const A* y_r = ws.y.data();
   const A m_r = sums.max[0];
+  A* u_r = ws.u_r.data();
   A* e_r = ws.e_r.data();
   A* mean = ws.mean.data();
   A* keep = ws.keep.data();
-  const A inv_k = A(1) / A(k);
+  const A inv_k = A(1) / A(k), scale = static_cast<A>(inv_t);
   bool mixed = false;
   if (MASKED) {
     const A neg_inf = -std::numeric_limits<A>::infinity();
@@ -118,20 +125,17 @@ bool accumulate_tile(Workspace<A>& ws, int64_t k, int64_t n) {
   A d_r = 0, B_r = 0;
 #pragma omp simd
   for (int64_t c = 0; c < n; ++c) mean[c] = 0;
-  for (int64_t i = 1; i < k; ++i) {
-    const A* y = y_r + i * kTile;
-    const A m_i = sums.max[i];
-#pragma omp simd
-    for (int64_t c = 0; c < n; ++c) mean[c] += (y[c] - m_i) - (y_r[c] - m_r);
-  }
+  for (int64_t i = 1; i < k; ++i) pivot_differences(ws.y.data() + i * kTile, y_r, sums.max[i], m_r, inv_t, n, mean);
 #pragma omp simd reduction(+ : d_r, B_r)
   for (int64_t c = 0; c < n; ++c) {
-    A e = exp_nonpositive(y_r[c] - m_r);
+    const A u = (y_r[c] - m_r) * scale;
+    A e = exp_nonpositive(u);
     A m = mean[c] * inv_k;
     if (MASKED) {
       e = keep[c] != A(0) ? e : A(0);
       m = keep[c] != A(0) ? m : A(0);
     }
+    u_r[c] = u;
     e_r[c] = e;
     mean[c] = m;
     d_r += e;
@@ -140,16 +144,14 @@ bool accumulate_tile(Workspace<A>& ws, int64_t k, int64_t n) {
   sums.d_r += d_r;
   sums.B[0] += B_r;
   for (int64_t i = 1; i < k; ++i) {
-    const A* y = y_r + i * kTile;
-    const A m_i = sums.max[i];
+    const A* delta_i = y_r + i * kTile;
     A D = 0, B = 0, F = 0, d = 0, E = 0;
 #pragma omp simd reduction(+ : D, B, F, d, E)
     for (int64_t c = 0; c < n; ++c) {
-      const A u = y[c] - m_i;
-      const A delta = u - (y_r[c] - m_r);
+      const A delta = delta_i[c];
       A b = delta - mean[c];
       const A small = e_r[c] * expm1_small(delta);
-      A e_i = exp_nonpositive(u);
+      A e_i = exp_nonpositive(u_r[c] + delta);
       A q = std::abs(delta) < A(0.5) ? small : e_i - e_r[c];
       if (MASKED) {
         b = keep[c] != A(0) ? b : A(0);
@@ -217,7 +219,7 @@ A finish_group(const Workspace<A>& ws, int64_t k, bool bad, bool mixed, A* stats
 }
 
 template <typename T, typename A>
-A forward_group(const T* group, int64_t stride_k, int64_t stride_v, int64_t V, int64_t k, A inv_t,
+A forward_group(const T* group, int64_t stride_k, int64_t stride_v, int64_t V, int64_t k, double inv_t,
                 Workspace<A>& ws, A* stats_g) {
   GroupSums<A>& sums = ws.sums;
   sums.reset(k);
@@ -227,7 +229,7 @@ A forward_group(const T* group, int64_t stride_k, int64_t stride_v, int64_t V, i
     bool negative_infinity = false;
     for (int64_t i = 0; i < k; ++i) {
       const SegmentFlags flags = load_segment(group + ws.rows[i] * stride_k + v0 * stride_v, stride_v, n,
-                                              inv_t, ws.y.data() + i * kTile);
+                                              A(1), ws.y.data() + i * kTile);
       negative_infinity |= flags.negative_infinity;
       bad |= flags.bad;
     }
@@ -239,9 +241,9 @@ A forward_group(const T* group, int64_t stride_k, int64_t stride_v, int64_t V, i
       started &= sums.max[i] > -std::numeric_limits<A>::infinity();
     }
     // Before every row has a finite max, every column so far was left out: the sums are 0.
-    if (grew && started) rescale(sums, k);
+    if (grew && started) rescale(sums, k, inv_t);
     if (grew) std::copy_n(sums.new_max.begin(), k, sums.max.begin());
-    mixed |= negative_infinity ? accumulate_tile<true>(ws, k, n) : accumulate_tile<false>(ws, k, n);
+    mixed |= negative_infinity ? accumulate_tile<true>(ws, k, n, inv_t) : accumulate_tile<false>(ws, k, n, inv_t);
   }
   return finish_group(ws, k, bad, mixed, stats_g);
 }
@@ -255,7 +257,7 @@ void forward_all(const at::Tensor& logits, const bool* valid, int64_t valid_sg, 
   const T* data = logits.data_ptr<T>();
   A* loss = group_loss.data_ptr<A>();
   A* stat = stats.data_ptr<A>();
-  const A inv_t = A(1) / static_cast<A>(temperature);
+  const double inv_t = 1.0 / temperature;
   at::parallel_for(0, G, 1, [&](int64_t begin, int64_t end) {
     Workspace<A> ws(K);
     for (int64_t g = begin; g < end; ++g) {

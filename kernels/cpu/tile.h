@@ -54,4 +54,20 @@ inline A segment_max(const A* x, int64_t n) {
   return m;
 }
 
+// Differences to the pivot row of one row of the tile, in place: x[c] <- delta[c] =
+// ((x[c] - x_r[c]) - (m - m_r)) / T, formed in float64, where the differences of float32 inputs
+// are exact whatever constant shifts the rows (and the maxima m, m_r) carry, then rounded once;
+// mean[c] += delta[c]. Columns at -inf give NaN or inf here; the callers mask them.
+template <typename A>
+inline void pivot_differences(A* x, const A* x_r, A m, A m_r, double inv_t, int64_t n, A* mean) {
+  const double offset = static_cast<double>(m) - static_cast<double>(m_r);
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) {
+    const A delta = static_cast<A>(
+        ((static_cast<double>(x[c]) - static_cast<double>(x_r[c])) - offset) * inv_t);
+    x[c] = delta;
+    mean[c] += delta;
+  }
+}
+
 }  // namespace mcckd_native

@@ -10,7 +10,7 @@ from helpers import cross_entropy_definition, relative_error
 
 from mcckd.ops.cross_entropy_torch import cross_entropy_rows_torch
 
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", "triton", "native")
 V = 3 * 4096 + 37
 IGNORE = -100
 
@@ -18,6 +18,10 @@ IGNORE = -100
 def rows_function(backend):
     if backend == "torch":
         return cross_entropy_rows_torch
+    if backend == "native":
+        from mcckd.ops.cross_entropy_native import cross_entropy_rows_native
+
+        return cross_entropy_rows_native
     from mcckd.ops.cross_entropy import cross_entropy_rows_triton
 
     return cross_entropy_rows_triton

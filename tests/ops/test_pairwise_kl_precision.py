@@ -8,7 +8,7 @@ from helpers import groupwise_relative_error, near_identical_rows, pairwise_defi
 
 from mcckd.ops import pairwise_sym_kl
 
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", "triton", "native")
 G, K, V = 3, 4, 2 * 4096 + 77  # G = 3 splits the vocabulary in two under the interpreter
 # Largest relative error allowed, by the distance eps between the rows.
 TOLERANCE = {1e-3: 1e-4, 1e-4: 1e-4, 1e-5: 1e-3}
