@@ -10,10 +10,14 @@ inv_t = 1 / T (k valid rows):
 
     delta_i = ((x_i - x_r) - (mx_i - mx_r)) / T      b_i = delta_i - mean_j delta_j
     e_r = exp((x_r - mx_r) / T)                      q~_i = e_i - e_r = e_r expm1(delta_i)
-    d_r = sum_v e_r,  D_i = sum_v q~_i,  B_i = sum_v e_r b_i,  F_i = sum_v q~_i b_i
+    d_r = sum_v e_r,  D_i = sum_v q~_i,  B_i = sum_v e_r b_i,  F_i = sum_v q~_i b_i,
+    C_i = sum_v e_i b_i
 
-Both differences are taken with their rounding error kept (`two_diff`), so delta is exact to
-float32 rounding whether the rows are close (Sterbenz) or shifted by large constants.
+The loss takes design.md's S = k sum_i (F_i - D_i B_i / d_r) / d_i. The gradient needs c_k only
+in t_k = eps_k - c_k = (l_k - lbar) - <p_k, l_k - lbar> = b_k - C_k / d_k, in which the lambdas
+cancel: C_k is summed directly (not as B_k + F_k), so where p_k is nearly one-hot t_k stays a
+sum of small terms. When rows are far apart (|x_i - x_j| / T >> 1) b is as large as the logits
+and t_k carries an absolute error of a few float32 ulps of it.
 """
 import triton
 import triton.language as tl
@@ -67,20 +71,17 @@ def invalid_rows_as_pivot(x, valid, is_pivot):
 
 
 @triton.jit
-def poison_code(x, valid, n_true):
-    """Per column of a tile: 2 where a valid row holds NaN or +inf (the loss is NaN), 1 where
-    -inf holds in some valid rows but not all (the loss is +inf), 0 elsewhere."""
-    rows = valid[:, None]
-    nan_or_inf = tl.sum((rows & ((x != x) | (x == float("inf")))).to(tl.int32), axis=0)
-    minus_inf = tl.sum((rows & (x == float("-inf"))).to(tl.int32), axis=0)
-    mixed = (minus_inf > 0) & (minus_inf < n_true)
-    return tl.where(nan_or_inf > 0, 2, mixed.to(tl.int32))
+def mixed_minus_inf(x, valid, n_true):
+    """Per column of a tile: 1 where -inf holds in some valid rows but not all (the loss is
+    +inf), else 0. (NaN and +inf need no flag: they reach every sum through delta.)"""
+    minus_inf = tl.sum((valid[:, None] & (x == float("-inf"))).to(tl.int32), axis=0)
+    return ((minus_inf > 0) & (minus_inf < n_true)).to(tl.int32)
 
 
 @triton.jit
 def column_terms(x, mx, is_pivot, n, inv_t):
-    """(e_r [1, BLOCK_V], b, q~ [K_PAD, BLOCK_V]) of a float32 tile x whose invalid rows are the
-    pivot's, with row maxima mx [K_PAD]. A column at -inf in every row has e_r = q~ = 0."""
+    """(e_r [1, BLOCK_V], e, b, q~ [K_PAD, BLOCK_V]) of a float32 tile x whose invalid rows are
+    the pivot's, with row maxima mx [K_PAD]. A column at -inf in every row has e = q~ = 0."""
     x_r = pivot_of(x, is_pivot[:, None], 0)
     mx_r = pivot_of(mx, is_pivot, 0)
     delta = difference_of_differences(x, x_r, mx[:, None], mx_r[:, None]) * inv_t
@@ -88,7 +89,7 @@ def column_terms(x, mx, is_pivot, n, inv_t):
     e_r = tl.exp((x_r - mx_r[:, None]) * inv_t)
     e = tl.exp((x - mx[:, None]) * inv_t)
     q = tl.where(tl.abs(delta) < SERIES_LIMIT, e_r * expm1_series(delta), e - e_r)
-    return e_r, b, q
+    return e_r, e, b, q
 
 
 @triton.jit
@@ -108,31 +109,32 @@ def growth_factors(mx, mx_new, is_pivot, n, inv_t, AXIS: tl.constexpr):
 
 
 @triton.jit
-def rescaled(d_r, D, B, F, s, s_r, gap, beta):
-    """The sums after the maxima grow (all shapes broadcast): e_r -> s_r e_r,
+def rescaled(d_r, D, B, F, C, s, s_r, gap, beta):
+    """The sums after the maxima grow (all shapes broadcast): e_r -> s_r e_r, e_i -> s_i e_i,
     q~_i -> s_i q~_i + gap_i e_r, b_i -> b_i - beta_i."""
     b_sum = B - beta * d_r
-    return s_r * d_r, s * D + gap * d_r, s_r * b_sum, s * (F - beta * D) + gap * b_sum
+    return (s_r * d_r, s * D + gap * d_r, s_r * b_sum, s * (F - beta * D) + gap * b_sum,
+            s * (C - beta * (d_r + D)))
 
 
 @triton.jit
-def row_terms(d_r, D, B, F, valid, n):
-    """(S, rho, Lam, c) of a group from its sums (d_r a scalar; D, B, F [K_PAD]), with
-    d_i = d_r + D_i, rho_i = D_i / d_r, Lam_i = log1p(rho_i) - mean_j log1p(rho_j),
-    cov_i = (F_i - D_i B_i / d_r) / d_i, c_i = B_i / d_r - Lam_i + cov_i, S = k sum_i cov_i."""
-    rho = D / d_r
-    lam = tl.where(valid, tl.log(1.0 + rho.to(tl.float64)).to(tl.float32), 0.0)
-    centred_lam = lam - tl.sum(lam, axis=0) / n
+def row_terms(d_r, D, B, F, C, valid, n):
+    """(S, rho, mean_b) of a group from its sums (d_r a scalar; D, B, F, C [K_PAD]), with
+    d_i = d_r + D_i, rho_i = D_i / d_r, mean_b_i = C_i / d_i = <p_i, b_i> and
+    S = k sum_i (F_i - D_i B_i / d_r) / d_i."""
     cov = tl.where(valid, (F - D * (B / d_r)) / (d_r + D), 0.0)
-    return n * tl.sum(cov, axis=0), rho, centred_lam, B / d_r - centred_lam + cov
+    return n * tl.sum(cov, axis=0), D / d_r, C / (d_r + D)
 
 
 @triton.jit
-def score_gradient(e_r, b, q, inv_d_r, rho, centred_lam, c, valid, n):
-    """dS/dy [K_PAD, BLOCK_V] = k [p_r (eps_i - c_i) + q_i (1 + eps_i - c_i)] - sum_j q_j, with
-    p_r = e_r / d_r, q_i = p_i - p_r = (q~_i / d_r - p_r rho_i) / (1 + rho_i) and
-    eps_i = b_i - Lam_i = l_i - lbar: every term as small as the gradient."""
+def score_gradient(e, b, q, e_r, inv_d_r, rho, mean_b, valid, n):
+    """dS/dy [K_PAD, BLOCK_V] = k (p_i t_i + q_i) - sum_j q_j, with p_i = e_i / d_i,
+    q_i = p_i - p_r = (q~_i / d_r - p_r rho_i) / (1 + rho_i), p_r = e_r / d_r and
+    t_i = eps_i - c_i = b_i - <p_i, b_i>: design.md's k [p_r t_i + q_i (1 + t_i)] - sum_j q_j with
+    p_r t_i + q_i t_i taken as p_i t_i, so every term is as small as the gradient when the rows
+    are close and none cancels another when they are far apart (p_i = 0 where p_r = 1)."""
     p_r = e_r * inv_d_r
-    q_p = tl.where(valid[:, None], (q * inv_d_r - p_r * rho[:, None]) * (1.0 / (1.0 + rho))[:, None], 0.0)
-    t = b - (centred_lam + c)[:, None]
-    return n * (p_r * t + q_p * (1.0 + t)) - tl.sum(q_p, axis=0, keep_dims=True)
+    inv_ratio = (1.0 / (1.0 + rho))[:, None]
+    q_p = tl.where(valid[:, None], (q * inv_d_r - p_r * rho[:, None]) * inv_ratio, 0.0)
+    p = e * inv_d_r * inv_ratio
+    return n * (p * (b - mean_b[:, None]) + q_p) - tl.sum(q_p, axis=0, keep_dims=True)

@@ -19,7 +19,7 @@ and q~_i from the saved row maxima, then dS/dy from p_r, q_i and eps_i. The redu
 groups is a one-program kernel, and the backward derives each group's coefficient itself: a
 call costs its kernel launches and nothing else on the host. Any strides and storage offsets,
 of the logits and of the valid mask; the gradient is written contiguous; nothing outside a
-tensor is read or written. All arithmetic is float32 (log1p of a row's sum in float64).
+tensor is read or written. All arithmetic is float32.
 
 Edge cases (docs/design.md, "Edge cases"): rows that are not valid are never read; a column
 at -inf in every valid row contributes nothing; NaN or +inf in a valid row gives a NaN group
@@ -42,18 +42,18 @@ from mcckd.ops.pairwise_kl_pivot import (
     column_terms,
     growth_factors,
     invalid_rows_as_pivot,
+    mixed_minus_inf,
     pivot_of,
-    poison_code,
     rescaled,
     row_terms,
     score_gradient,
 )
 from mcckd.ops.pairwise_kl_reduce import reduce_group_loss
 
-# stats [STATS_ROWS, G, K] = (mx_i, 1 / d_r, rho_i, Lam_i, c_i);
-# partial sums [G, splits, PARTIAL_ROWS, K_PAD] = (mx_i, d_r, D_i, B_i, F_i, poison).
-STATS_ROWS = 5
-PARTIAL_ROWS = tl.constexpr(6)
+# stats [STATS_ROWS, G, K] = (mx_i, 1 / d_r, rho_i, mean_b_i);
+# partial sums [G, splits, PARTIAL_ROWS, K_PAD] = (mx_i, d_r, D_i, B_i, F_i, C_i, mixed).
+STATS_ROWS = 4
+PARTIAL_ROWS = tl.constexpr(7)
 
 
 @triton.jit
@@ -84,13 +84,14 @@ def _rows_of_group(valid_ptr, g, K, stride_valid_g, stride_valid_k, K_PAD: tl.co
 @triton.jit
 def _row_sums(x_ptr, g, rows, valid, is_pivot, n, n_true, col_start, col_end, stride_g, stride_k, stride_v,
               inv_t, K_PAD: tl.constexpr, BLOCK_V: tl.constexpr):
-    """(mx, d_r, D, B, F, poison) of group g over columns [col_start, col_end), in one read."""
+    """(mx, d_r, D, B, F, C, mixed) of group g over columns [col_start, col_end), in one read."""
     mx = tl.full([K_PAD], FLOOR, tl.float32)
     d_r = tl.zeros([1], tl.float32)
     D = tl.zeros([K_PAD], tl.float32)
     B = tl.zeros([K_PAD], tl.float32)
     F = tl.zeros([K_PAD], tl.float32)
-    poison = tl.zeros([BLOCK_V], tl.int32)
+    C = tl.zeros([K_PAD], tl.float32)
+    mixed = tl.zeros([BLOCK_V], tl.int32)
     # The next tile's load is issued before this tile's arithmetic, so it is in flight meanwhile.
     x_next = _load_tile(x_ptr, g, rows, valid, col_start + tl.arange(0, BLOCK_V), col_end,
                         stride_g, stride_k, stride_v)
@@ -98,35 +99,36 @@ def _row_sums(x_ptr, g, rows, valid, is_pivot, n, n_true, col_start, col_end, st
         x = invalid_rows_as_pivot(x_next, valid, is_pivot)
         x_next = _load_tile(x_ptr, g, rows, valid, v0 + BLOCK_V + tl.arange(0, BLOCK_V), col_end,
                             stride_g, stride_k, stride_v)
-        poison = tl.maximum(poison, poison_code(x, valid, n_true))
+        mixed = tl.maximum(mixed, mixed_minus_inf(x, valid, n_true))
         mx_new = tl.maximum(mx, tl.max(x, axis=1))
         s, s_r, gap, beta = growth_factors(mx, mx_new, is_pivot, n, inv_t, 0)
-        d_r, D, B, F = rescaled(d_r, D, B, F, s, s_r, gap, beta)
+        d_r, D, B, F, C = rescaled(d_r, D, B, F, C, s, s_r, gap, beta)
         mx = mx_new
-        e_r, b, q = column_terms(x, mx, is_pivot, n, inv_t)
+        e_r, e, b, q = column_terms(x, mx, is_pivot, n, inv_t)
         d_r += tl.sum(e_r, axis=1)
         D += tl.sum(q, axis=1)
         B += tl.sum(e_r * b, axis=1)
         F += tl.sum(q * b, axis=1)
-    return mx, tl.sum(d_r, axis=0), D, B, F, tl.max(poison, axis=0)
+        C += tl.sum(e * b, axis=1)
+    return mx, tl.sum(d_r, axis=0), D, B, F, C, tl.max(mixed, axis=0)
 
 
 @triton.jit
-def _finish_group(g, rows, row_in, valid, n, n_true, mx, d_r, D, B, F, poison, stats_ptr, plane, loss_ptr, K):
-    """Store the stats of group g and its loss S / (k (k - 1)) (0 for k < 2); a poisoned group
-    with pairs gets NaN stats and a NaN (poison 2) or +inf (poison 1) loss."""
-    s, rho, centred_lam, c = row_terms(d_r, D, B, F, valid, n)
+def _finish_group(g, rows, row_in, valid, n, n_true, mx, d_r, D, B, F, C, mixed, stats_ptr, plane, loss_ptr,
+                  K):
+    """Store the stats of group g and its loss S / (k (k - 1)) (0 for k < 2); a group with pairs
+    and a mixed -inf column gets a +inf loss and NaN stats."""
+    s, rho, mean_b = row_terms(d_r, D, B, F, C, valid, n)
     pairs = (n_true * (n_true - 1)).to(tl.float32)
     loss = tl.where(pairs > 0.0, s / tl.maximum(pairs, 1.0), 0.0)
-    bad = (poison > 0) & (pairs > 0.0)
-    loss = tl.where(bad, tl.where(poison == 2, float("nan"), float("inf")), loss)
+    bad = (mixed > 0) & (pairs > 0.0)
+    loss = tl.where(bad, float("inf"), loss)
     keep = tl.where(bad, float("nan"), 1.0)
     row_ptr = stats_ptr + g * K + rows
     tl.store(row_ptr, mx * keep, mask=row_in)
     tl.store(row_ptr + plane, tl.zeros_like(rho) + keep / d_r, mask=row_in)
     tl.store(row_ptr + 2 * plane, rho * keep, mask=row_in)
-    tl.store(row_ptr + 3 * plane, centred_lam * keep, mask=row_in)
-    tl.store(row_ptr + 4 * plane, c * keep, mask=row_in)
+    tl.store(row_ptr + 3 * plane, mean_b * keep, mask=row_in)
     tl.store(loss_ptr + g, loss)
 
 
@@ -144,7 +146,7 @@ def _pairwise_kl_fwd_kernel(
                                                               K_PAD, HAS_VALID)
     col_start = s * cols_per_split
     col_end = tl.minimum(col_start + cols_per_split, V)
-    mx, d_r, D, B, F, poison = _row_sums(x_ptr, g, rows, valid, is_pivot, n, n_true, col_start, col_end,
+    mx, d_r, D, B, F, C, mixed = _row_sums(x_ptr, g, rows, valid, is_pivot, n, n_true, col_start, col_end,
                                          stride_g, stride_k, stride_v, inv_t, K_PAD, BLOCK_V)
     if SPLIT:
         base = part_ptr + (g * tl.num_programs(1) + s) * PARTIAL_ROWS * K_PAD + rows
@@ -154,9 +156,10 @@ def _pairwise_kl_fwd_kernel(
         tl.store(base + 2 * K_PAD, D)
         tl.store(base + 3 * K_PAD, B)
         tl.store(base + 4 * K_PAD, F)
-        tl.store(base + 5 * K_PAD, zeros + poison.to(tl.float32))
+        tl.store(base + 5 * K_PAD, C)
+        tl.store(base + 6 * K_PAD, zeros + mixed.to(tl.float32))
     else:
-        _finish_group(g, rows, row_in, valid, n, n_true, mx, d_r, D, B, F, poison,
+        _finish_group(g, rows, row_in, valid, n, n_true, mx, d_r, D, B, F, C, mixed,
                       stats_ptr, stride_stats, loss_ptr, K)
 
 
@@ -179,13 +182,14 @@ def _pairwise_kl_merge_kernel(
     D_s = tl.load(base + 2 * K_PAD, mask=split_in, other=0.0)
     B_s = tl.load(base + 3 * K_PAD, mask=split_in, other=0.0)
     F_s = tl.load(base + 4 * K_PAD, mask=split_in, other=0.0)
-    poison = tl.max(tl.max(tl.load(base + 5 * K_PAD, mask=split_in, other=0.0), axis=1), axis=0).to(tl.int32)
+    C_s = tl.load(base + 5 * K_PAD, mask=split_in, other=0.0)
+    mixed = tl.max(tl.max(tl.load(base + 6 * K_PAD, mask=split_in, other=0.0), axis=1), axis=0).to(tl.int32)
     mx = tl.max(mx_s, axis=0)
     s, s_r, gap, beta = growth_factors(mx_s, mx[None, :], is_pivot[None, :], n, inv_t, 1)
-    d_s, D_s, B_s, F_s = rescaled(d_s, D_s, B_s, F_s, s, s_r, gap, beta)
+    d_s, D_s, B_s, F_s, C_s = rescaled(d_s, D_s, B_s, F_s, C_s, s, s_r, gap, beta)
     d_r = tl.max(tl.sum(d_s, axis=0), axis=0)  # every row holds the same d_r
     _finish_group(g, rows, row_in, valid, n, n_true, mx, d_r, tl.sum(D_s, axis=0), tl.sum(B_s, axis=0),
-                  tl.sum(F_s, axis=0), poison, stats_ptr, stride_stats, loss_ptr, K)
+                  tl.sum(F_s, axis=0), tl.sum(C_s, axis=0), mixed, stats_ptr, stride_stats, loss_ptr, K)
 
 
 @triton.jit
@@ -213,11 +217,10 @@ def _pairwise_kl_bwd_kernel(
     mx = tl.where(valid, mx, tl.sum(tl.where(is_pivot, mx, 0.0), axis=0))
     inv_d_r = tl.sum(pivot_of(tl.load(row_ptr + stride_stats, mask=row_in, other=0.0), is_pivot, 0), axis=0)
     rho = tl.load(row_ptr + 2 * stride_stats, mask=valid, other=0.0)
-    centred_lam = tl.load(row_ptr + 3 * stride_stats, mask=valid, other=0.0)
-    c = tl.load(row_ptr + 4 * stride_stats, mask=valid, other=0.0)
+    mean_b = tl.load(row_ptr + 3 * stride_stats, mask=valid, other=0.0)
     x = _load_tile(x_ptr, g, rows, valid, cols, V, stride_g, stride_k, stride_v)
-    e_r, b, q = column_terms(invalid_rows_as_pivot(x, valid, is_pivot), mx, is_pivot, n, inv_t)
-    grad_s = score_gradient(e_r, b, q, inv_d_r, rho, centred_lam, c, valid, n)
+    e_r, e, b, q = column_terms(invalid_rows_as_pivot(x, valid, is_pivot), mx, is_pivot, n, inv_t)
+    grad_s = score_gradient(e, b, q, e_r, inv_d_r, rho, mean_b, valid, n)
     grad = tl.where((valid & (n_true > 1))[:, None], coef * grad_s, 0.0)
     offsets = g * stride_grad_g + rows.to(tl.int64)[:, None] * stride_grad_k + cols[None, :]
     mask = row_in[:, None] & (cols < V)[None, :]
@@ -265,8 +268,8 @@ def _num_splits(G, V, block_v, device, programs_per_sm):
 def pairwise_kl_forward(logits, valid, inv_t, num_splits=None, config=FORWARD_CONFIG):
     """Launch the forward on logits [G, K, V] (any strides) and valid [G, K] bool or None.
 
-    Returns (group_loss [G], stats [STATS_ROWS = 5, G, K]), float32; stats holds per row
-    (mx_i the maximum of the raw logits, 1 / d_r, rho_i = d_i / d_r - 1, Lam_i, c_i), all NaN
+    Returns (group_loss [G], stats [STATS_ROWS = 4, G, K]), float32; stats holds per row
+    (mx_i the maximum of the raw logits, 1 / d_r, rho_i = d_i / d_r - 1, mean_b_i), all NaN
     in a group whose loss is NaN or +inf.
     """
     G, K, V = logits.shape
