@@ -22,13 +22,18 @@ of the logits and of the valid mask; the gradient is written contiguous; nothing
 tensor is read or written. All arithmetic is float32.
 
 Edge cases (docs/design.md, "Edge cases"): rows that are not valid are never read; a column
-at -inf in every valid row contributes nothing; NaN or +inf in a valid row gives a NaN group
-loss, -inf in some valid rows of a column but not all a +inf one, and either gives NaN stats,
-hence NaN gradients on the group's valid rows; G = 0 launches nothing.
+at -inf in every valid row contributes nothing; NaN or +inf in a valid row reaches every sum
+of the group (a NaN loss and NaN stats, hence NaN gradients on its valid rows); -inf in some
+valid rows of a column but not all is flagged: a +inf loss and NaN stats; G = 0 launches
+nothing.
 
-Precision measured under the interpreter (tests/ops/test_pairwise_kl_precision.py), float32
-logits, rows at distance eps around a shared row, largest relative error against float64 on
-the same inputs: PRECISION_FIGURES.
+Precision measured under the interpreter (tests/ops/test_pairwise_kl_precision.py, G = 3,
+K = 4, V = 8269, T = 1 and 0.7, logit scales 1 and 30), float32 logits, rows at distance eps
+around a shared row, largest relative error against float64 on the same inputs (per group,
+the gradient's normalised by its largest entry): eps = 1e-3: loss 9.2e-7, gradient 1.4e-6;
+1e-4: 9.6e-7, 8.0e-7; 1e-5: 2.2e-6, 2.1e-6. Rows also shifted by per-row constants of ~30:
+1.3e-7 and 4.0e-7. Rows far apart at T != 1 (|x_i - x_j| / T >> 1) keep the gradient to a few
+float32 ulps of |x| / T, absolutely: ~3e-3 relative at |x| = 1e4, T = 1.3.
 """
 import dataclasses
 

@@ -33,6 +33,7 @@ def errors(logits, valid, temperature, backend, grad_output, reference=pairwise_
     else:
         loss = pairwise_sym_kl(leaf, valid, temperature=temperature, reduction="none", backend=backend)
     (grad,) = torch.autograd.grad(loss, leaf, grad_output.to(loss.dtype))
+    loss = loss.detach()
     want_leaf = logits.detach().double().requires_grad_()
     want = pairwise_definition(want_leaf, valid, temperature, "none")
     (want_grad,) = torch.autograd.grad(want, want_leaf, grad_output)
