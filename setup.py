@@ -49,9 +49,8 @@ setup(
     ],
     extras_require={
         # wandb in the test extra: the tracking test then runs in CI instead of skipping
-        "test": ["pytest>=8.0", "pytest-benchmark>=4.0", "ruff==0.17.6", "liger-kernel>=0.5", "wandb>=0.17",
-                 "psutil>=5.9"],
-        "bench": ["pytest-benchmark>=4.0", "matplotlib>=3.8", "psutil>=5.9"],
+        "test": ["pytest>=8.0", "pytest-benchmark>=4.0", "ruff==0.17.6", "liger-kernel>=0.5", "wandb>=0.17"],
+        "bench": ["pytest-benchmark>=4.0", "matplotlib>=3.8"],
         "flash": ["flash-attn>=2.6"],
         "liger": ["liger-kernel>=0.5"],
         "wandb": ["wandb>=0.17"],  # train.report_to: [wandb]
