@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mcckd.ops.launch import target_programs, valid_mask_args
+from mcckd.ops.launch import launchable, target_programs, valid_mask_args
 from mcckd.ops.pairwise_kl_pivot import (
     FLOOR,
     column_terms,
@@ -292,14 +292,14 @@ def pairwise_kl_forward(logits, valid, inv_t, num_splits=None, config=FORWARD_CO
     split = num_splits > 1
     partials = torch.empty(G, num_splits, PARTIAL_ROWS, k_pad, **f32) if split else group_loss
     valid_arg, stride_valid_g, stride_valid_k, has_valid = valid_mask_args(valid, group_loss)
-    _pairwise_kl_fwd_kernel[(G, num_splits)](
+    launchable(_pairwise_kl_fwd_kernel)[(G, num_splits)](
         logits, valid_arg, stats, group_loss, partials,
         K, V, *logits.stride(), stride_valid_g, stride_valid_k, cols_per_split, stats.stride(0), inv_t,
         K_PAD=k_pad, BLOCK_V=block_v, HAS_VALID=has_valid, SPLIT=split,
         num_warps=config.num_warps(block_v, logits.element_size()),
     )
     if split:
-        _pairwise_kl_merge_kernel[(G,)](
+        launchable(_pairwise_kl_merge_kernel)[(G,)](
             partials, valid_arg, stats, group_loss, K, num_splits, stride_valid_g, stride_valid_k,
             stats.stride(0), inv_t,
             K_PAD=k_pad, SPLITS_PAD=triton.next_power_of_2(num_splits), HAS_VALID=has_valid,
@@ -319,7 +319,7 @@ def pairwise_kl_backward(logits, valid, inv_t, stats, grad_output, scale=None, c
     block_v = config.block_v(k_pad, V, logits.element_size())
     valid_arg, stride_valid_g, stride_valid_k, has_valid = valid_mask_args(valid, stats)
     reduced = scale is not None
-    _pairwise_kl_bwd_kernel[(G, triton.cdiv(V, block_v))](
+    launchable(_pairwise_kl_bwd_kernel)[(G, triton.cdiv(V, block_v))](
         logits, valid_arg, stats, grad_output, scale if reduced else stats, grad,
         K, V, *logits.stride(), stride_valid_g, stride_valid_k, 0 if reduced else grad_output.stride(0),
         grad.stride(0), grad.stride(1), stats.stride(0), inv_t,
