@@ -12,6 +12,8 @@ writes the gradient) and the same in PyTorch ops (`cross_entropy_torch.py`, the 
 import triton
 import triton.language as tl
 
+from mcckd.ops.launch import launchable
+
 _MAX_BLOCK_V = 4096
 # Below -1e30 the running max is "no finite value seen yet": finite, so deltas stay finite.
 _NO_MAX = tl.constexpr(-1e30)
@@ -77,7 +79,7 @@ def cross_entropy_rows_triton(logits, bias, labels, ignore_index, loss_out, grad
     C, V = logits.shape
     block_v = min(_MAX_BLOCK_V, triton.next_power_of_2(V))
     has_grad = grad_out is not None
-    _cross_entropy_kernel[(C,)](
+    launchable(_cross_entropy_kernel)[(C,)](
         logits, bias if bias is not None else logits, labels, loss_out, grad_out if has_grad else logits,
         V, *logits.stride(), bias.stride(0) if bias is not None else 0,
         *(grad_out.stride() if has_grad else (0, 0)), ignore_index,

@@ -11,6 +11,12 @@ def is_interpreted(kernel) -> bool:
     return isinstance(kernel, InterpretedFunction)
 
 
+def launchable(kernel):
+    """`kernel` as torch.library.wrap_triton makes it, so that a launch inside a triton_op is
+    traced by torch.compile; the kernel itself under the interpreter (which compile never runs)."""
+    return kernel if is_interpreted(kernel) else torch.library.wrap_triton(kernel)
+
+
 @functools.cache
 def triton_importable() -> bool:
     """True when the triton package can be imported (it is installed on Linux only)."""

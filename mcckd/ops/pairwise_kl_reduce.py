@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mcckd.ops.launch import valid_mask_args
+from mcckd.ops.launch import launchable, valid_mask_args
 
 
 @triton.jit
@@ -44,7 +44,7 @@ def reduce_group_loss(group_loss, valid, K, mean):
     out = torch.empty(2, dtype=torch.float32, device=group_loss.device)
     k_pad = triton.next_power_of_2(K)
     valid_arg, stride_valid_g, stride_valid_k, has_valid = valid_mask_args(valid, out)
-    _pairwise_kl_reduce_kernel[(1,)](
+    launchable(_pairwise_kl_reduce_kernel)[(1,)](
         group_loss if G > 0 else out, valid_arg if G > 0 else out, out[0:], out[1:], G, K,
         stride_valid_g, stride_valid_k,
         K_PAD=k_pad, BLOCK_G=max(16, min(1024, 4096 // k_pad)), HAS_VALID=has_valid, MEAN=mean,
