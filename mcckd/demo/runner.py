@@ -109,11 +109,11 @@ def done_line(name, result):
             + ", ".join(f"{100 * result[f'{split}_acc']:.1f}% {label}" for split, label in SPLITS.items()))
 
 
-def logged_call(log, function, *args):
-    """function(*args) with its output (stdout and stderr) written to the file `log`."""
+def logged_call(log, function, *args, **kwargs):
+    """function(*args, **kwargs) with its output (stdout and stderr) written to the file `log`."""
     with open(log, "w", encoding="utf-8") as file, \
             contextlib.redirect_stdout(file), contextlib.redirect_stderr(file):
-        return function(*args)
+        return function(*args, **kwargs)
 
 
 def paths_of(data):
