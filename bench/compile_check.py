@@ -15,7 +15,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from mcckd.ops import cross_entropy
+from mcckd.ops import cross_entropy, pairwise_kl_reduce
 from mcckd.ops import pairwise_kl_triton as pairwise_kl
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -51,8 +51,9 @@ def pairwise_kl_configurations():
         common = {"x_ptr": f"*{dtype}", "valid_ptr": "*i1", "stats_ptr": "*fp32"}
         for split in (True, False):
             yield (pairwise_kl._pairwise_kl_fwd_kernel, num_warps,
-                   {**common, "loss_ptr": "*fp32", "part_ptr": "*fp32", "G": "i32", "K": "i32", "V": "i32",
-                    "stride_g": "i64", "stride_k": "i32", "cols_per_split": "i32", "inv_t": "fp32"},
+                   {**common, "loss_ptr": "*fp32", "part_ptr": "*fp32", "K": "i32", "V": "i32",
+                    "stride_g": "i64", "stride_k": "i32", "stride_v": "i32", "stride_valid_g": "i32",
+                    "stride_valid_k": "i32", "cols_per_split": "i32", "stride_stats": "i32", "inv_t": "fp32"},
                    {"K_PAD": k_pad, "BLOCK_V": block_v, "HAS_VALID": has_valid, "SPLIT": split})
         block_v = pairwise_kl.BACKWARD_CONFIG.block_v(k_pad, 1 << 20, size)
         for reduced in (True, False):
@@ -64,12 +65,17 @@ def pairwise_kl_configurations():
                     "grad_out_ptr": "*fp32",
                     "scale_ptr": "*fp32",
                     "grad_ptr": f"*{dtype}",
-                    "G": "i32",
                     "K": "i32",
                     "V": "i32",
                     "stride_g": "i64",
                     "stride_k": "i32",
+                    "stride_v": "i32",
+                    "stride_valid_g": "i32",
+                    "stride_valid_k": "i32",
                     "stride_grad_out": "i32",
+                    "stride_grad_g": "i64",
+                    "stride_grad_k": "i32",
+                    "stride_stats": "i32",
                     "inv_t": "fp32",
                 },
                 {"K_PAD": k_pad, "BLOCK_V": block_v, "HAS_VALID": has_valid, "REDUCED": reduced},
@@ -77,12 +83,13 @@ def pairwise_kl_configurations():
     for k_pad, has_valid in itertools.product((2, 4, 8, 16), (True, False)):
         yield (pairwise_kl._pairwise_kl_merge_kernel, 4,
                {"part_ptr": "*fp32", "valid_ptr": "*i1", "stats_ptr": "*fp32", "loss_ptr": "*fp32",
-                "G": "i32", "K": "i32", "num_splits": "i32"},
+                "K": "i32", "num_splits": "i32", "stride_valid_g": "i32", "stride_valid_k": "i32",
+                "stride_stats": "i32", "inv_t": "fp32"},
                {"K_PAD": k_pad, "SPLITS_PAD": 64, "HAS_VALID": has_valid})
         for mean in (True, False):
-            yield (pairwise_kl._pairwise_kl_reduce_kernel, 4,
+            yield (pairwise_kl_reduce._pairwise_kl_reduce_kernel, 4,
                    {"loss_ptr": "*fp32", "valid_ptr": "*i1", "out_ptr": "*fp32", "scale_ptr": "*fp32",
-                    "G": "i32", "K": "i32"},
+                    "G": "i32", "K": "i32", "stride_valid_g": "i32", "stride_valid_k": "i32"},
                    {"K_PAD": k_pad, "BLOCK_G": max(16, min(1024, 4096 // k_pad)), "HAS_VALID": has_valid,
                     "MEAN": mean})
 
@@ -94,8 +101,8 @@ def linear_mcc_configurations():
     ):
         yield (cross_entropy._cross_entropy_kernel, 8,
                {"logits_ptr": "*fp32", "bias_ptr": f"*{dtype}", "labels_ptr": "*i64", "loss_ptr": "*fp32",
-                "grad_ptr": f"*{dtype}", "V": "i32", "stride_logits": "i64", "stride_grad": "i64",
-                "ignore_index": "i64"},
+                "grad_ptr": f"*{dtype}", "V": "i32", "stride_logits": "i64", "stride_col": "i32",
+                "stride_bias": "i32", "stride_grad": "i64", "stride_grad_col": "i32", "ignore_index": "i64"},
                {"BLOCK_V": block_v, "HAS_BIAS": has_bias, "HAS_GRAD": has_grad})
 
 

@@ -256,3 +256,50 @@ def torchrun(config_path, *args):
     """`mcckd train` under torchrun, two processes (gloo on the CPU), in the background."""
     return run_command(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         "-m", "mcckd", "train", "--config", str(config_path), *args])
+
+
+# Kernel tests: near-identical rows, errors per group, the plain low-precision computation, and
+# the cross-entropy rows from their definition.
+def near_identical_rows(G, K, V, eps, scale, seed):
+    """logits [G, K, V] float32: a shared row of std `scale` per group plus noise of std eps."""
+    generator = torch.Generator().manual_seed(seed)
+    shared = scale * torch.randn(G, 1, V, generator=generator, dtype=torch.float64)
+    return (shared + eps * torch.randn(G, K, V, generator=generator, dtype=torch.float64)).float()
+
+
+def groupwise_relative_error(actual, expected):
+    """The largest over groups (dim 0) of relative_error: a small group's error counts as much
+    as a large group's."""
+    return max(relative_error(a, e) for a, e in zip(actual, expected))
+
+
+def pairwise_plain(logits, valid, temperature, reduction):
+    """The loss by the direct formulas, S = k sum_i <p_i, l_i - lbar>, in logits' own dtype."""
+    G, K, _ = logits.shape
+    if valid is None:
+        valid = torch.ones(G, K, dtype=torch.bool)
+    rows = valid.unsqueeze(-1)
+    k = valid.sum(dim=1).to(logits.dtype)
+    logp = torch.log_softmax(torch.where(rows, logits / temperature, 0.0), dim=-1)
+    lbar = torch.where(rows, logp, 0.0).sum(dim=1, keepdim=True) / k.clamp(min=1)[:, None, None]
+    inner = torch.where(rows, logp.exp() * (logp - lbar), 0.0).sum(dim=(1, 2))
+    pairs = k * (k - 1)
+    group_loss = torch.where(pairs > 0, k * inner / pairs.clamp(min=1), 0.0)
+    if reduction == "none":
+        return group_loss.float()
+    if reduction == "sum":
+        return group_loss.sum().float()
+    return (group_loss.sum() / (pairs > 0).sum().clamp(min=1)).float()
+
+
+def cross_entropy_definition(logits, bias, labels, ignore_index):
+    """(loss [C], grad [C, V]) float64: lse(z) - z[y] and softmax(z) - onehot(y), 0 on rows
+    whose label is ignore_index (their logits are not looked at)."""
+    z = logits.double() + (bias.double() if bias is not None else 0.0)
+    ignored = labels == ignore_index
+    z = torch.where(ignored[:, None], 0.0, z)
+    targets = torch.where(ignored, 0, labels).long()
+    lse = torch.logsumexp(z, dim=1)
+    loss = torch.where(ignored, 0.0, lse - z.gather(1, targets[:, None]).squeeze(1))
+    grad = torch.softmax(z, dim=1) - torch.nn.functional.one_hot(targets, z.shape[1]).double()
+    return loss, torch.where(ignored[:, None], 0.0, grad)

@@ -2,11 +2,16 @@
 
     pairwise_kl.py         pairwise_sym_kl: all-pairs symmetric KL over K rows (public)
     pairwise_kl_triton.py  its Triton kernels and autograd Function
+    pairwise_kl_pivot.py   the kernels' pivot-difference terms (exact differences, rescaling)
+    pairwise_kl_reduce.py  the Triton reduction of the per-group losses (one launch)
+    pairwise_kl_torch.py   its torch backend: the pivot-difference formulation in torch ops
     linear_mcc.py          fused_linear_mcc_loss: lm_head + CE + consistency, no [N, V] logits
+    linear_mcc_kernels.py  its forward and backward passes
+    registration.py        both ops in torch.library: fakes, autograd, one op per backend
     cross_entropy.py       the cross-entropy rows of a logits tile (Triton and PyTorch)
     cross_entropy_torch.py the same rows in PyTorch ops (the CPU path, no triton)
     matmul.py              products written in float32 whatever the operands
-    reference.py           the PyTorch specification of every op (and its CPU path)
+    reference.py           the PyTorch specification of every op (direct formulas)
     backends.py            backend names, resolution, availability
     validation.py          argument checks that name the argument
 """

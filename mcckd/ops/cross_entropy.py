@@ -18,24 +18,24 @@ _NO_MAX = tl.constexpr(-1e30)
 
 
 @triton.jit
-def _load_logits(row_ptr, bias_ptr, cols, V, active, HAS_BIAS: tl.constexpr):
+def _load_logits(row_ptr, bias_ptr, cols, V, stride_col, stride_bias, active, HAS_BIAS: tl.constexpr):
     """z [BLOCK_V] float32 (+ bias); -inf outside [0, V) and on ignored rows (nothing is read)."""
     mask = cols < tl.where(active, V, 0)
-    z = tl.load(row_ptr + cols, mask=mask, other=float("-inf")).to(tl.float32)
+    z = tl.load(row_ptr + cols.to(tl.int64) * stride_col, mask=mask, other=float("-inf")).to(tl.float32)
     if HAS_BIAS:
-        z += tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        z += tl.load(bias_ptr + cols.to(tl.int64) * stride_bias, mask=mask, other=0.0).to(tl.float32)
     return z
 
 
 @triton.jit
 def _cross_entropy_kernel(
     logits_ptr, bias_ptr, labels_ptr, loss_ptr, grad_ptr,
-    V, stride_logits, stride_grad, ignore_index,
+    V, stride_logits, stride_col, stride_bias, stride_grad, stride_grad_col, ignore_index,
     BLOCK_V: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_GRAD: tl.constexpr,
 ):
     """Program r: loss_r = lse(z_r) - z_r[y_r] (0 when y_r = ignore_index) and, if HAS_GRAD,
-    grad_r = softmax(z_r) - onehot(y_r) (0 on ignored rows). grad may alias the logits: each
-    element is read before it is written, by the same thread.
+    grad_r = softmax(z_r) - onehot(y_r) (0 on ignored rows). grad may alias the logits (same strides):
+    each element is read before it is written, by the same thread. Any row and column strides.
 
     lse in one read: per tile, m' = max(m, max z), d = d exp(m - m') + sum exp(z - m').
     """
@@ -46,7 +46,8 @@ def _cross_entropy_kernel(
     m = tl.full([], _NO_MAX, tl.float32)
     d = tl.zeros([], tl.float32)
     for v0 in range(0, V, BLOCK_V):
-        z = _load_logits(row_ptr, bias_ptr, v0 + tl.arange(0, BLOCK_V), V, active, HAS_BIAS)
+        cols = v0 + tl.arange(0, BLOCK_V)
+        z = _load_logits(row_ptr, bias_ptr, cols, V, stride_col, stride_bias, active, HAS_BIAS)
         m_new = tl.maximum(m, tl.max(z, axis=0))
         d = d * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
         m = m_new
@@ -54,27 +55,31 @@ def _cross_entropy_kernel(
     # Labels were validated; the mask only guarantees that no read leaves the row.
     has_target = active & (label >= 0) & (label < V)
     target_col = tl.where(has_target, label, 0)
-    z_target = tl.load(row_ptr + target_col, mask=has_target, other=0.0).to(tl.float32)
+    z_target = tl.load(row_ptr + target_col * stride_col, mask=has_target, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        z_target += tl.load(bias_ptr + target_col, mask=has_target, other=0.0).to(tl.float32)
+        z_target += tl.load(bias_ptr + target_col * stride_bias, mask=has_target, other=0.0).to(tl.float32)
     tl.store(loss_ptr + row, tl.where(active, lse - z_target, 0.0))
     if HAS_GRAD:
         grad_row = grad_ptr + row * stride_grad
         for v0 in range(0, V, BLOCK_V):
             cols = v0 + tl.arange(0, BLOCK_V)
-            p = tl.exp(_load_logits(row_ptr, bias_ptr, cols, V, active, HAS_BIAS) - lse)
+            z = _load_logits(row_ptr, bias_ptr, cols, V, stride_col, stride_bias, active, HAS_BIAS)
+            p = tl.exp(z - lse)
             grad = tl.where(active, tl.where(cols == label, p - 1.0, p), 0.0)
-            tl.store(grad_row + cols, grad.to(grad_ptr.dtype.element_ty), mask=cols < V)
+            tl.store(grad_row + cols.to(tl.int64) * stride_grad_col, grad.to(grad_ptr.dtype.element_ty),
+                     mask=cols < V)
 
 
 def cross_entropy_rows_triton(logits, bias, labels, ignore_index, loss_out, grad_out):
-    """Launch the CE kernel on logits [C, V] float32: row losses into loss_out [C] float32 and,
-    unless grad_out is None, softmax - onehot into grad_out [C, V] (may be logits itself)."""
+    """Launch the CE kernel on logits [C, V] float32 (any strides; bias [V] or None): row losses
+    into loss_out [C] float32 and, unless grad_out is None, softmax - onehot into grad_out [C, V]
+    (any strides; may be logits itself)."""
     C, V = logits.shape
     block_v = min(_MAX_BLOCK_V, triton.next_power_of_2(V))
     has_grad = grad_out is not None
     _cross_entropy_kernel[(C,)](
         logits, bias if bias is not None else logits, labels, loss_out, grad_out if has_grad else logits,
-        V, logits.stride(0), grad_out.stride(0) if has_grad else 0, ignore_index,
+        V, *logits.stride(), bias.stride(0) if bias is not None else 0,
+        *(grad_out.stride() if has_grad else (0, 0)), ignore_index,
         BLOCK_V=block_v, HAS_BIAS=bias is not None, HAS_GRAD=has_grad, num_warps=8 if block_v >= 2048 else 4,
     )

@@ -32,3 +32,11 @@ def target_programs(device: torch.device, per_multiprocessor: int = 4) -> int:
         return per_multiprocessor
     index = device.index if device.index is not None else torch.cuda.current_device()
     return per_multiprocessor * _multiprocessor_count(index)
+
+
+def valid_mask_args(valid, fallback):
+    """(tensor, stride over groups, stride over rows, present) to pass a kernel an optional
+    [G, K] mask; `fallback` stands in for the pointer when the mask is None."""
+    if valid is None:
+        return fallback, 0, 0, False
+    return valid, valid.stride(0), valid.stride(1), True

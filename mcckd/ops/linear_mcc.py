@@ -21,6 +21,8 @@ float32: backward multiplies them by dLoss/dCE / n, adds the answer rows' part s
 dLoss/dKL (so ce and kl can be differentiated apart) and rounds once to the input dtypes.
 Extra memory: C V (4 + operand bytes) + 4 V d (float32 dW) + 4 N d + ~16 G K V bytes, plus
 float32 copies of hidden and weight where low-precision products cannot be written in float32.
+The chunk policy and both passes are in `linear_mcc_kernels.py`; each backend's pass is one
+torch.library op (`registration.py`), so the loss compiles with torch.compile(fullgraph=True).
 """
 import math
 import numbers
@@ -28,151 +30,17 @@ from typing import NamedTuple
 
 import torch
 
-from mcckd.ops import matmul
 from mcckd.ops.backends import OP_BACKENDS, resolve_backend
-from mcckd.ops.cross_entropy_torch import cross_entropy_rows_torch
-from mcckd.ops.matmul import accumulator_dtype, addmm_into, mm_into
-from mcckd.ops.pairwise_kl import pairwise_sym_kl
+from mcckd.ops.registration import fused_linear_mcc_op
 from mcckd.ops.validation import FLOAT_DTYPES, check_choice, check_positive_finite, check_shape, check_tensor
 
 INDEX_DTYPES = (torch.int64, torch.int32)
-# Chunk policy (_auto_chunk_size): a memory budget for the logits tile and its gradient, and a
-# floor on the rows per chunk. dW += D^T h reads and writes the float32 dW (8 V d bytes) for
-# 2 C V d FLOPs: C >= 1024 keeps it near or above the H100/H200 ridge (~200-300 FLOP/byte),
-# and 1024 CE programs fill 132 SMs several times over. Liger's chunks (BT / ceil(V / d), 512
-# rows for V = 128256) sit below it.
-_CUDA_CHUNK_BUDGET = 1 << 30
-_CUDA_MIN_CHUNK = 1024
-_CPU_CHUNK_BUDGET = 64 << 20
-_CPU_MIN_CHUNK = 64
-
-
-def _auto_chunk_size(N, V, operand_dtype, device):
-    """Tokens per chunk: the float32 logits tile and its gradient in the operand dtype fill
-    a budget (1 GiB on CUDA, 64 MiB elsewhere) but the chunk never drops below the rows that
-    keep the GEMMs efficient; chunks are made equal so no small one trails."""
-    accumulator = accumulator_dtype(operand_dtype)
-    bytes_per_row = V * (
-        accumulator.itemsize + (operand_dtype.itemsize if operand_dtype != accumulator else 0)
-    )
-    on_cuda = device.type == "cuda"
-    budget, floor = (_CUDA_CHUNK_BUDGET, _CUDA_MIN_CHUNK) if on_cuda else (_CPU_CHUNK_BUDGET, _CPU_MIN_CHUNK)
-    rows = max(budget // bytes_per_row, floor)
-    chunks = -(-N // rows)
-    return -(-N // chunks)
-
-
-def _cross_entropy_chunks(hidden, weight, bias, labels, ignore_index, chunk_size, cross_entropy_rows, needs):
-    """Sum over tokens of the CE loss and its unscaled gradients, chunk by chunk.
-
-    Returns (loss_sum, dh [N, d], dW [V, d], db [V]); gradients are sums of softmax - onehot
-    terms in float32 (float64 for float64 input), None where not needed.
-    """
-    N, d = hidden.shape
-    V = weight.shape[0]
-    need_h, need_w, need_b = needs
-    accumulator = accumulator_dtype(hidden.dtype)
-    f = dict(dtype=accumulator, device=hidden.device)
-    row_loss = torch.empty(N, **f)
-    grad_h = torch.empty(N, d, **f) if need_h else None
-    grad_w = torch.zeros(V, d, **f) if need_w else None
-    grad_b = torch.zeros(V, **f) if need_b else None
-    logits = torch.empty(min(chunk_size, N), V, **f)
-    grad_logits = None
-    if any(needs):
-        # Same dtype: the kernel overwrites the logits with their gradient in place.
-        grad_logits = logits if hidden.dtype == accumulator else torch.empty_like(logits, dtype=hidden.dtype)
-    for start in range(0, N, chunk_size):
-        stop = min(start + chunk_size, N)
-        h = hidden[start:stop]
-        z = mm_into(logits[: stop - start], h, weight.T)
-        g = grad_logits[: stop - start] if grad_logits is not None else None
-        cross_entropy_rows(z, bias, labels[start:stop], ignore_index, row_loss[start:stop], g)
-        if need_h:
-            mm_into(grad_h[start:stop], g, weight)
-        if need_w:
-            addmm_into(grad_w, g.T, h)
-        if need_b:
-            grad_b += g.sum(dim=0, dtype=accumulator)
-    return row_loss.sum(), grad_h, grad_w, grad_b
-
-
-def _consistency(hidden, weight, bias, answer_index, answer_valid, temperature, kl_backend, need_grad):
-    """KL of the answer rows, dKL/dZ [G*K, V] float32 (None unless need_grad), their hidden
-    states [G*K, d] and token positions [G*K] (missing rows point at token 0 and are invalid)."""
-    G, K = answer_index.shape
-    V = weight.shape[0]
-    rows = answer_index.clamp(min=0).reshape(-1)
-    valid = answer_index >= 0
-    if answer_valid is not None:
-        valid = valid & answer_valid
-    h_answer = hidden.index_select(0, rows)
-    accumulator = accumulator_dtype(hidden.dtype)
-    z = mm_into(torch.empty(G * K, V, dtype=accumulator, device=hidden.device), h_answer, weight.T)
-    if bias is not None:
-        z += bias
-    with torch.enable_grad():
-        z = z.view(G, K, V).requires_grad_(need_grad)
-        kl = pairwise_sym_kl(z, valid, temperature=temperature, backend=kl_backend)
-        grad_z = torch.autograd.grad(kl, z)[0].view(G * K, V) if need_grad else None
-    return kl.detach(), grad_z, h_answer, rows
 
 
 def _cross_entropy_kernel():
     from mcckd.ops.cross_entropy import _cross_entropy_kernel
 
     return _cross_entropy_kernel
-
-
-def _cross_entropy_rows_triton():
-    from mcckd.ops.cross_entropy import cross_entropy_rows_triton
-
-    return cross_entropy_rows_triton
-
-
-class FusedLinearMCCFunction(torch.autograd.Function):
-    """(ce, kl) of hidden, weight and bias; gradients computed in forward, scaled in backward."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, answer_index, answer_valid, temperature, ignore_index,
-                chunk_size, backend, kl_backend):
-        needs = tuple(ctx.needs_input_grad[:3])
-        operand_dtype = matmul.operand_dtype(hidden)
-        hidden_op, weight_op = hidden.to(operand_dtype), weight.to(operand_dtype)
-        if chunk_size is None:
-            chunk_size = _auto_chunk_size(hidden.shape[0], weight.shape[0], operand_dtype, hidden.device)
-        rows_fn = _cross_entropy_rows_triton() if backend == "triton" else cross_entropy_rows_torch
-        loss_sum, grad_h, grad_w, grad_b = _cross_entropy_chunks(
-            hidden_op, weight_op, bias, labels, ignore_index, chunk_size, rows_fn, needs)
-        kl, grad_z, h_answer, rows = _consistency(
-            hidden_op, weight_op, bias, answer_index, answer_valid, temperature, kl_backend, any(needs))
-        n_targets = (labels != ignore_index).sum().clamp(min=1)
-        inv_n = 1.0 / n_targets.to(loss_sum.dtype)
-        ctx.save_for_backward(grad_h, grad_w, grad_b, grad_z, h_answer if needs[1] else None,
-                              rows if needs[0] else None, weight_op if needs[0] else None, inv_n)
-        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None, operand_dtype)
-        return loss_sum * inv_n, kl
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_ce, grad_kl):
-        # In-place updates of the saved buffers: a second backward through the same graph
-        # raises autograd's "modified by an inplace operation" error instead of wrong values.
-        grad_h, grad_w, grad_b, grad_z, h_answer, rows, weight_op, inv_n = ctx.saved_tensors
-        hidden_dtype, weight_dtype, bias_dtype, operand_dtype = ctx.dtypes
-        coef_ce = grad_ce.to(inv_n.dtype) * inv_n
-        grad_answer = grad_z * grad_kl.to(grad_z.dtype)  # [G*K, V] = dLoss/dZ of the answer rows
-        grad_answer_op = grad_answer.to(operand_dtype)
-        out_h = out_w = out_b = None
-        if grad_h is not None:
-            grad_h.mul_(coef_ce)
-            answer_rows = mm_into(grad_h.new_empty(rows.shape[0], grad_h.shape[1]), grad_answer_op, weight_op)
-            out_h = grad_h.index_add_(0, rows, answer_rows).to(hidden_dtype)
-        if grad_w is not None:
-            out_w = addmm_into(grad_w.mul_(coef_ce), grad_answer_op.T, h_answer).to(weight_dtype)
-        if grad_b is not None:
-            out_b = grad_b.mul_(coef_ce).add_(grad_answer.sum(dim=0, dtype=grad_b.dtype)).to(bias_dtype)
-        return out_h, out_w, out_b, None, None, None, None, None, None, None, None
 
 
 class LinearMCCOutput(NamedTuple):
@@ -220,10 +88,8 @@ def _check_tensors(hidden, weight, labels, answer_index, answer_valid, bias):
     check_shape("labels", labels, (N,))
     check_tensor("answer_index", answer_index, ndim=2, dtypes=INDEX_DTYPES, device=device)
     G, K = answer_index.shape
-    if G < 1 or K < 2:
-        raise ValueError(
-            f"answer_index must have shape [G, K] with G >= 1 and K >= 2, got {tuple(answer_index.shape)}"
-        )
+    if K < 2:
+        raise ValueError(f"answer_index must have shape [G, K] with K >= 2, got {tuple(answer_index.shape)}")
     if answer_valid is not None:
         check_tensor("answer_valid", answer_valid, ndim=2, dtypes=(torch.bool,), device=device)
         check_shape("answer_valid", answer_valid, (G, K))
@@ -234,9 +100,14 @@ def _check_tensors(hidden, weight, labels, answer_index, answer_valid, bias):
 
 def _check_index_values(labels, answer_index, V, N, ignore_index):
     """Labels in [0, V) or ignore_index, answer_index in [-1, N). On CUDA this reads one pair
-    of flags back: the only host sync, needed to raise ValueError before any kernel reads."""
+    of flags back: the only host sync, needed to raise ValueError before any kernel reads.
+    Under torch.compile the checks are asserts on the device (RuntimeError), not a graph break."""
     bad_labels = ((labels < 0) | (labels >= V)) & (labels != ignore_index)
     bad_index = (answer_index < -1) | (answer_index >= N)
+    if torch.compiler.is_compiling():
+        torch._assert_async(~bad_labels.any(), f"labels must lie in [0, {V}) or equal ignore_index")
+        torch._assert_async(~bad_index.any(), f"answer_index must lie in [-1, {N})")
+        return
     labels_bad, index_bad = torch.stack([bad_labels.any(), bad_index.any()]).tolist()
     if labels_bad:
         raise ValueError(f"labels must lie in [0, {V}) (V from weight) or equal ignore_index={ignore_index}")
@@ -279,7 +150,8 @@ def fused_linear_mcc_loss(
 
     Returns:
         LinearMCCOutput(loss, ce, kl) of float32 scalars: ce the mean over targets (0 when
-        there are none), kl the mean over groups with >= 2 valid rows of `pairwise_sym_kl`.
+        there are none), kl the mean over groups with >= 2 valid rows of `pairwise_sym_kl`
+        (0 when there are none, G = 0 included).
         Gradients flow to hidden, weight and bias.
     """
     _check_scalars(alpha, ignore_index, chunk_size, temperature, backend)
@@ -289,10 +161,12 @@ def fused_linear_mcc_loss(
         backend, hidden, _cross_entropy_kernel, name="answer_index", k=answer_index.shape[1]
     )
     _check_index_values(labels, answer_index, weight.shape[0], hidden.shape[0], ignore_index)
-    ce, kl = FusedLinearMCCFunction.apply(
+    grad_on = torch.is_grad_enabled()
+    needs = [grad_on and t is not None and t.requires_grad for t in (hidden, weight, bias)]
+    ce, kl, *_ = fused_linear_mcc_op(ce_backend)(
         hidden, weight, bias, labels.contiguous(), answer_index,
         answer_valid.contiguous() if answer_valid is not None else None,
-        float(temperature), int(ignore_index), chunk_size, ce_backend, kl_backend,
+        float(temperature), int(ignore_index), chunk_size, kl_backend, *needs,
     )
     return LinearMCCOutput(ce + alpha * kl, ce, kl)
 

@@ -7,12 +7,22 @@ scaled logits y_i = x_i / T, log-probabilities l_i and p_i = exp(l_i):
     L_g = S / (k (k - 1))                         (0 for k < 2, left out of the mean)
     dS/dy_i = k p_i (1 + (l_i - lbar) - c_i) - P,  P = sum_j p_j,  dS/dx_i = dS/dy_i / T
 
-The Triton kernels are in `pairwise_kl_triton.py`; `reference.py` holds the PyTorch backend.
+Backends: "triton" (`pairwise_kl_triton.py`) and "torch" (`pairwise_kl_torch.py`), both forming
+every term from differences to a pivot row (docs/design.md, "Precision: differences to a pivot
+row"); `reference.py` keeps the direct formulas as the plain specification. Each backend is a
+torch.library op (`registration.py`), so the function compiles with torch.compile(fullgraph=True).
+
+Measured precision of the torch backend, relative error of loss and gradient against float64 on
+the same float32 inputs (G=4, K=4, V=4099, rows = a shared row + eps * noise, logit scales 1
+and 30, T = 1 and 1.7): <= 3.4e-7 for eps = 1e-3, 1e-4 and 1e-5, and <= 3.6e-7 with rows also
+shifted by constants of std 30 (eps = 1e-2 to 1e-4); the direct formulas of `reference.py` give
+a gradient error of 1.3e-2 (eps = 1e-3) to 1.4 (eps = 1e-5) at logit scale 1.
 """
 import torch
 
 from mcckd.ops.backends import OP_BACKENDS, resolve_backend
-from mcckd.ops.reference import REDUCTIONS, pairwise_sym_kl_reference
+from mcckd.ops.reference import REDUCTIONS, reduce_group_losses
+from mcckd.ops.registration import pairwise_kl_ops
 from mcckd.ops.validation import FLOAT_DTYPES, check_choice, check_positive_finite, check_shape, check_tensor
 
 
@@ -60,19 +70,26 @@ def pairwise_sym_kl(
         valid [G, K] bool.
 
     Returns:
-        A float32 scalar, or [G] float32 for reduction "none". The gradient flows to logits
-        in logits' dtype.
+        A float32 scalar (float64 for float64 logits), or [G] for reduction "none". The
+        gradient flows to logits in logits' dtype. NaN or +inf in a valid row gives that group
+        NaN, a column at -inf in some valid rows but not all +inf (gradients NaN); G = 0 gives
+        0.0 ("mean", "sum") or an empty [0] ("none").
     """
     _check_inputs(logits, valid, temperature, reduction, backend)
     backend = resolve_backend(backend, logits, _forward_kernel, name="logits", k=logits.shape[1])
-    if backend == "torch":
-        return pairwise_sym_kl_reference(logits, valid, temperature, reduction)
-    if logits.stride(-1) != 1:
-        logits = logits.contiguous()
-    valid = valid.contiguous() if valid is not None else None
-    from mcckd.ops.pairwise_kl_triton import PairwiseSymKLFunction
-
-    return PairwiseSymKLFunction.apply(logits, valid, float(temperature), reduction)
+    G, K, _ = logits.shape
+    if backend == "triton" and G > 0:
+        logits = logits if logits.stride(-1) == 1 else logits.contiguous()
+        valid = valid.contiguous() if valid is not None else None
+    elif backend == "triton":
+        backend = "torch"  # no group: nothing to launch
+    forward, _ = pairwise_kl_ops(backend)
+    group_loss, _ = forward(logits, valid, float(temperature))
+    if valid is None:
+        has_pairs = torch.ones(G, dtype=torch.bool, device=logits.device)
+    else:
+        has_pairs = valid.sum(dim=1) >= 2
+    return reduce_group_losses(group_loss, has_pairs, reduction)
 
 
 class PairwiseSymKL(torch.nn.Module):

@@ -10,7 +10,7 @@ from helpers import rounded_to
 from helpers import run_fused as run
 
 from mcckd.ops import MCCKDLoss, fused_linear_mcc_loss, fused_linear_mcc_reference
-from mcckd.ops.linear_mcc import _auto_chunk_size
+from mcckd.ops.linear_mcc_kernels import _auto_chunk_size
 
 BACKENDS = ("torch", "triton")
 
@@ -72,6 +72,19 @@ def test_all_labels_ignored_gives_zero_ce_and_finite_gradients():
     others = torch.ones(len(inputs["labels"]), dtype=torch.bool)
     others[rows] = False
     assert grads[0][others].abs().max() == 0.0 and grads[0][rows].abs().max() > 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_answer_groups_gives_zero_kl_and_the_ce_gradients(backend):
+    """answer_index [0, K]: kl = 0 and loss, ce and every gradient those of the CE alone."""
+    inputs = make_inputs()
+    inputs["answer_index"] = torch.zeros(0, 3, dtype=torch.long)
+    inputs["answer_valid"] = None
+    got = run(fused_linear_mcc_loss, inputs, torch.float32, alpha=0.5, chunk_size=8, backend=backend)
+    expected = truth(inputs | {"answer_index": torch.tensor([[0, -1, -1]])}, torch.float32, alpha=0.5)
+    assert got[2].item() == 0.0
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
 
 
 def loss_and_hidden_grad(fn, inputs, dtype, **kwargs):
@@ -174,7 +187,7 @@ def test_module_flattens_leading_dimensions():
 def test_auto_chunk_size_fills_budget_but_keeps_gemms_large(N, V, dtype, device):
     """Equal chunks that cover N, each within the memory budget of its float32 tile and gradient,
     and no smaller than the floor that keeps the GEMMs efficient (unless N itself is)."""
-    from mcckd.ops import linear_mcc
+    from mcckd.ops import linear_mcc_kernels as linear_mcc
 
     chunk = _auto_chunk_size(N, V, dtype, torch.device(device))
     chunks = -(-N // chunk)

@@ -12,7 +12,7 @@ from helpers import run_fused as run
 from mcckd.ops import fused_linear_mcc_loss, fused_linear_mcc_reference, matmul, pairwise_sym_kl_reference
 from mcckd.ops.cross_entropy import _cross_entropy_kernel
 from mcckd.ops.launch import is_interpreted
-from mcckd.ops.linear_mcc import _auto_chunk_size
+from mcckd.ops.linear_mcc_kernels import _auto_chunk_size
 from mcckd.ops.matmul import addmm_into
 
 pytestmark = pytest.mark.cuda

@@ -1,5 +1,6 @@
 """pairwise_sym_kl: the Triton kernel (interpreter) and the reference against the pairwise
 definition in float64, gradients included."""
+import functools
 import itertools
 import math
 
@@ -222,3 +223,39 @@ def test_per_group_losses_summed_by_the_caller():
         lambda x: pairwise_definition(x, valid, 1.0, "sum"), logits.double(), torch.tensor(2.0).double()
     )
     assert relative_error(grad, want) < 1e-4
+
+
+def one_hot_gradient(logits, valid, temperature, grad_output):
+    """The exact gradient when every row's distribution is one-hot at its argmax a_i (logits
+    whose top values lie far apart): dS/dy_i = k [v = a_i] - #{j: a_j = v}, times
+    dLoss/dL_g / (k (k - 1) T), float64."""
+    G, K, V = logits.shape
+    grad = torch.zeros(G, K, V, dtype=torch.float64)
+    for g in range(G):
+        rows = [i for i in range(K) if valid[g, i]]
+        k, argmax = len(rows), [int(logits[g, i].float().argmax()) for i in rows]
+        for i, a in zip(rows, argmax):
+            grad[g, i, a] += k
+            for b in argmax:
+                grad[g, i, b] -= 1
+        grad[g] *= float(grad_output[g]) / (k * (k - 1) * temperature)
+    return grad
+
+
+@pytest.mark.parametrize("dtype, big", [(torch.bfloat16, 1e30), (torch.float32, 1e30), (torch.float16, 1e4)])
+def test_torch_backend_gradient_of_one_hot_distributions(dtype, big):
+    """Logits up to `big`: each distribution is one-hot, the KL huge, the gradient O(1) from
+    terms of size |logit| that cancel; it is exact to the rounding of the output dtype (the
+    float64 definition through autograd is not: it loses the gradient entirely here)."""
+    gen = torch.Generator().manual_seed(31)
+    magnitude = big * torch.rand(3, 4, 8269, generator=gen) ** 4
+    logits = (magnitude * torch.randn(3, 4, 8269, generator=gen)).to(dtype)
+    valid = torch.ones(3, 4, dtype=torch.bool)
+    valid[2, 1] = False
+    grad_output = torch.tensor([0.7, -1.3, 2.1])
+    kl = functools.partial(pairwise_sym_kl, valid=valid, temperature=1.3, reduction="none", backend="torch")
+    _, grad = loss_and_grad(kl, logits, grad_output)
+    want = one_hot_gradient(logits, valid, 1.3, grad_output)
+    rounding = relative_error(want.to(dtype), want)
+    for g in range(3):
+        assert relative_error(grad[g], want[g]) <= rounding + 1e-6
