@@ -9,10 +9,11 @@ import platform
 import sys
 
 import torch
+from transformers.utils import logging as transformers_logging
 
 import mcckd
 
-MAX_THREADS = 2  # a 0.8M-parameter student gains nothing from more
+MAX_THREADS = 2  # by default: two students at once, one thread each
 
 
 def free_cores() -> int:
@@ -34,6 +35,19 @@ def set_threads(threads: int) -> None:
         pass
 
 
+def thread_plan(threads: int) -> tuple[int, int]:
+    """(students trained at once, torch threads each) for `threads` in all: both students at
+    once when there are two threads or more (each student's numbers depend only on its own
+    threads, so the default plan, 2 x 1 or 1 x 1, gives the same numbers whatever the load)."""
+    return (2, threads // 2) if threads >= 2 else (1, threads)
+
+
+def start_worker(threads: int = 1) -> None:
+    """A spawned worker process's set-up: `threads` torch threads, no download progress bars."""
+    set_threads(threads)
+    transformers_logging.disable_progress_bar()
+
+
 def cpu_model(cpuinfo_path: str = "/proc/cpuinfo") -> str:
     """The CPU's model name from Linux's cpuinfo, else what platform knows."""
     try:
@@ -46,11 +60,13 @@ def cpu_model(cpuinfo_path: str = "/proc/cpuinfo") -> str:
     return platform.processor() or platform.machine()
 
 
-def environment() -> dict:
-    """What the float path of a run depends on, and the versions that produced it."""
+def environment(students_at_once: int = 1) -> dict:
+    """What the float path of a run depends on, and the versions that produced it; and how
+    many students were trained at once, each in its own process with `threads` threads."""
     return {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "students_at_once": students_at_once,
         "interop_threads": torch.get_num_interop_threads(),
         "cpu": cpu_model(),
         "platform": platform.platform(),

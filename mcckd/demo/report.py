@@ -40,9 +40,14 @@ def difference_line(metrics):
     return f"MCC-KD minus CE, seed {metrics['seed']}, one run each: " + ", ".join(parts) + "."
 
 
+def micro_batches(count):
+    """ "one micro-batch", "4 micro-batches"."""
+    return "one micro-batch" if count == 1 else f"{count} micro-batches"
+
+
 def report(metrics):
     """report.md."""
-    task, ev, student = metrics["task"], metrics["eval"], metrics["student"]
+    task, ev, student, training = metrics["task"], metrics["eval"], metrics["student"], metrics["training"]
     example = task["example"]
     frames = [f"- {'in' if frame in task['id_frames'] else 'out-of'}-distribution `{frame}`: {question}"
               for frame, question in demo_task.example_questions().items()]
@@ -61,9 +66,8 @@ def report(metrics):
             f"- Both students: the same random {student['parameters']:,}-parameter Llama "
             f"({student['num_hidden_layers']} layers, width {student['hidden_size']}), the same "
             f"{task['train_questions']} training questions with up to {K} teacher rationales each, the "
-            f"same data order and {metrics['steps']} steps of {metrics['training']['grad_accum']} "
-            f"micro-batches of at most {metrics['training']['max_tokens']} tokens; only alpha, the weight "
-            "of the consistency loss, differs.",
+            f"same data order and {metrics['steps']} steps of {micro_batches(training['grad_accum'])} of at "
+            f"most {training['max_tokens']} tokens; only alpha, the weight of the consistency loss, differs.",
             f"- Test sets: {task['test_questions']} new questions each, in the question frames of the "
             "training data (in-distribution) or in held-out ones (out-of-distribution). Greedy decoding, "
             f"at most {ev['max_new_tokens']} new tokens. Training time includes an evaluation every "

@@ -1,15 +1,19 @@
 """The demo's pipeline: data, two students trained and evaluated, the report (see `command.py`)."""
+import contextlib
 import json
 import random
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 
+import torch
 from tqdm import tqdm
 
 from mcckd.data import prepare_records, read_records, write_records
 from mcckd.data.records import record_texts
 from mcckd.demo import task as demo_task
-from mcckd.demo.environment import environment
+from mcckd.demo.environment import environment, start_worker
 from mcckd.demo.report import plot_curves, report
 from mcckd.demo.settings import (
     EVAL_BATCH_SIZE,
@@ -33,18 +37,19 @@ from mcckd.training.config import Config, build, validate
 from mcckd.training.loop import train
 
 
-def run_demo(out, *, steps, seed, sizes):
-    """Write the data, train and evaluate both students, write the report; returns metrics.json."""
+def run_demo(out, *, steps, seed, sizes, students_at_once=1):
+    """Write the data, train and evaluate both students (one after the other, or both at once in
+    two spawned processes with this process's torch threads each), write the report; returns
+    metrics.json."""
     started = time.perf_counter()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out} exists and is not an empty folder: remove it or pass another --out")
     data = write_data(out / "data", seed, sizes)
     write_tokenizer(out / "tokenizer", read_records(data["train"]))
     test_sets = {split: read_records(data[split]) for split in SPLITS}
-    results = {}
-    for name, (label, alpha) in STUDENTS.items():
-        tqdm.write(f"\n== {label} student (alpha = {alpha:g}, K = {K}, {steps} steps, seed {seed})")
-        results[name] = train_and_evaluate(out, name, alpha, steps, seed, data, test_sets, sizes)
+    jobs = {name: (out, name, alpha, steps, seed, paths_of(data), test_sets, sizes)
+            for name, (_, alpha) in STUDENTS.items()}
+    results = (train_at_once if students_at_once > 1 else train_in_turn)(out, jobs)
     metrics = {
         "task": task_summary(data, sizes),
         **results,
@@ -54,13 +59,66 @@ def run_demo(out, *, steps, seed, sizes):
         "student": {**STUDENT, "parameters": results["ce"]["parameters"]},
         "training": {**TRAINING, "k": K, "max_tokens": MAX_TOKENS, "max_length": MAX_LENGTH},
         "eval": {"task": demo_task.TASK, "batch_size": EVAL_BATCH_SIZE, "max_new_tokens": MAX_NEW_TOKENS},
-        "environment": environment(),
+        "environment": environment(students_at_once),
     }
     plot_curves(out, metrics)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     (out / "report.md").write_text(report(metrics), encoding="utf-8")
     return metrics
+
+
+def train_in_turn(out, jobs):
+    """{name: train_and_evaluate's result} for each student, one after the other."""
+    results = {}
+    for name, job in jobs.items():
+        tqdm.write(f"\n== {student_line(job)}")
+        results[name] = train_and_evaluate(*job)
+    return results
+
+
+def train_at_once(out, jobs):
+    """{name: train_and_evaluate's result}, every student at once in a spawned process with this
+    process's torch threads, each printing to DIR/runs/name.log."""
+    (out / "runs").mkdir()
+    logs = {name: out / "runs" / f"{name}.log" for name in jobs}
+    tqdm.write("\n== " + "; ".join(student_line(job) for job in jobs.values()))
+    tqdm.write(f"   both at once, torch threads per student: {torch.get_num_threads()}; their progress: "
+               + ", ".join(str(log) for log in logs.values()))
+    results = {}
+    with ProcessPoolExecutor(len(jobs), mp_context=get_context("spawn"), initializer=start_worker,
+                             initargs=(torch.get_num_threads(),)) as pool:
+        running = {pool.submit(logged_call, logs[name], train_and_evaluate, *job): name
+                   for name, job in jobs.items()}
+        for future in as_completed(running):
+            name = running[future]
+            results[name] = future.result()
+            tqdm.write(done_line(name, results[name]))
+    return {name: results[name] for name in jobs}
+
+
+def student_line(job):
+    """ "CE only student (alpha = 0, K = 4, 1200 steps, seed 0)"."""
+    _, name, alpha, steps, seed, *_ = job
+    return f"{STUDENTS[name][0]} student (alpha = {alpha:g}, K = {K}, {steps} steps, seed {seed})"
+
+
+def done_line(name, result):
+    """ "CE only student done: trained in 280 s; 91.0% in-distribution, 40.3% out-of-distribution"."""
+    return (f"{STUDENTS[name][0]} student done: trained in {result['train_seconds']:.0f} s; "
+            + ", ".join(f"{100 * result[f'{split}_acc']:.1f}% {label}" for split, label in SPLITS.items()))
+
+
+def logged_call(log, function, *args, **kwargs):
+    """function(*args, **kwargs) with its output (stdout and stderr) written to the file `log`."""
+    with open(log, "w", encoding="utf-8") as file, \
+            contextlib.redirect_stdout(file), contextlib.redirect_stderr(file):
+        return function(*args, **kwargs)
+
+
+def paths_of(data):
+    """write_data's paths, without prepare's report."""
+    return {key: value for key, value in data.items() if key != "prepare"}
 
 
 def write_data(folder, seed, sizes):

@@ -12,7 +12,6 @@ difference MCC-KD - CE with its 95% t-interval over the seeds:
     DIR/study.json, study.md, study.png
 """
 import argparse
-import contextlib
 import json
 import re
 import shutil
@@ -20,11 +19,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 
 from tqdm import tqdm
-from transformers.utils import logging as transformers_logging
 
-from mcckd.demo.environment import environment, set_threads
+from mcckd.demo.environment import environment, start_worker
 from mcckd.demo.intervals import MAX_SAMPLES, mean_interval
-from mcckd.demo.runner import run_demo
+from mcckd.demo.runner import logged_call, run_demo
 from mcckd.demo.settings import SPLITS, STUDENTS
 from mcckd.errors import InputError
 
@@ -71,9 +69,9 @@ def finished_seed(folder, steps, sizes):
     return metrics
 
 
-def run_study(out, *, seeds, steps, sizes, workers=1):
-    """Run (or resume) the demo for every seed, then write study.json, study.md, study.png; returns
-    study.json."""
+def run_study(out, *, seeds, steps, sizes, workers=1, students_at_once=1):
+    """Run (or resume) the demo for every seed (one at a time, its students `students_at_once`,
+    or `workers` seeds at once), then write study.json, study.md, study.png; returns study.json."""
     check_study_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     todo = []
@@ -88,7 +86,8 @@ def run_study(out, *, seeds, steps, sizes, workers=1):
     if workers == 1:
         for i, seed in enumerate(todo, 1):
             tqdm.write(f"\n=== seed {seed} ({i} of {len(todo)} to run)")
-            run_demo(out / f"seed-{seed}", steps=steps, seed=seed, sizes=sizes)
+            run_demo(out / f"seed-{seed}", steps=steps, seed=seed, sizes=sizes,
+                     students_at_once=students_at_once)
     else:
         run_in_workers(out, todo, steps, sizes, workers)
     study = summarize({seed: finished_seed(out / f"seed-{seed}", steps, sizes) for seed in seeds}, steps)
@@ -111,17 +110,11 @@ def run_in_workers(out, seeds, steps, sizes, workers):
                                    for split, label in SPLITS.items()))
 
 
-def start_worker():
-    """A worker process's set-up: one torch thread, no download progress bars."""
-    set_threads(1)
-    transformers_logging.disable_progress_bar()
-
-
 def run_logged(out, seed, steps, sizes):
-    """One worker's job: the demo for `seed`, its output to DIR/seed-S.log; returns metrics.json."""
-    with open(out / f"seed-{seed}.log", "w", encoding="utf-8") as log, \
-            contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        return run_demo(out / f"seed-{seed}", steps=steps, seed=seed, sizes=sizes)
+    """One worker's job: the demo for `seed` (its students one after the other), its output to
+    DIR/seed-S.log; returns metrics.json."""
+    return logged_call(out / f"seed-{seed}.log", run_demo, out / f"seed-{seed}", steps=steps, seed=seed,
+                       sizes=sizes)
 
 
 def summarize(per_seed, steps):

@@ -24,12 +24,12 @@ STEPS, SEED = 2, 3
 TIMINGS = ("seconds", "train_seconds")
 
 
-def small_demo(*arguments):
-    """What `mcckd demo ... --steps STEPS --threads 1` printed, with the small sizes."""
+def small_demo(*arguments, threads=1):
+    """What `mcckd demo ... --steps STEPS --threads THREADS` printed, with the small sizes."""
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
         patch.setattr(command, "SIZES", SMALL)
-        assert main(["demo", *arguments, "--steps", str(STEPS), "--threads", "1"]) == 0
+        assert main(["demo", *arguments, "--steps", str(STEPS), "--threads", str(threads)]) == 0
     return printed.getvalue()
 
 
@@ -153,9 +153,11 @@ def test_a_folder_in_use_is_refused(finished, capsys):
 def test_the_environment_is_recorded(finished):
     _, metrics, printed = finished
     environment = metrics["environment"]
-    assert printed.startswith("torch threads: 1 (--threads)\n")
+    assert printed.startswith("torch threads: 1 (--threads): one student at a time, 1 thread each\n")
     assert environment["threads"] == 1 and environment["torch"] == torch.__version__
-    assert set(environment) == {"torch", "threads", "interop_threads", "cpu", "platform", "python", "mcckd"}
+    assert environment["students_at_once"] == 1
+    assert set(environment) == {"torch", "threads", "interop_threads", "students_at_once", "cpu", "platform",
+                                "python", "mcckd"}
 
 
 def test_a_second_run_gives_the_same_numbers(finished, tmp_path):
@@ -167,6 +169,17 @@ def test_a_second_run_gives_the_same_numbers(finished, tmp_path):
         assert again[name]["final_kl"] == metrics[name]["final_kl"]
         assert again[name]["id_acc"] == metrics[name]["id_acc"]
     assert without_timings(again) == without_timings(metrics)
+
+
+def test_both_students_at_once_give_the_numbers_of_one_after_the_other(finished, tmp_path):
+    _, metrics, _ = finished
+    printed = small_demo("--out", str(tmp_path / "at-once"), "--seed", str(SEED), threads=2)
+    assert printed.startswith("torch threads: 2 (--threads): both students at once, 1 thread each\n")
+    at_once = json.loads((tmp_path / "at-once" / "metrics.json").read_text())
+    assert at_once["environment"] == {**metrics["environment"], "students_at_once": 2}
+    assert without_timings(at_once) == without_timings({**metrics, "environment": at_once["environment"]})
+    for name in settings.STUDENTS:
+        assert "micro-batches an epoch" in (tmp_path / "at-once" / "runs" / f"{name}.log").read_text()
 
 
 def test_a_seed_study_keeps_a_finished_seed_and_pairs_the_students(finished, tmp_path):
@@ -204,7 +217,8 @@ def test_seeds_in_worker_processes_give_the_single_run_numbers(finished, tmp_pat
         patch.setattr(command, "SIZES", SMALL)
         assert main(["demo", "--out", str(study_dir), "--steps", str(STEPS), "--seeds", f"{SEED}-{SEED + 1}",
                      "--workers", "2"]) == 0
-    assert printed.getvalue().startswith("torch threads: 1 in each of 2 worker processes (--workers)\n")
+    assert printed.getvalue().startswith("torch threads: 1 in each of 2 worker processes (--workers), "
+                                         "one student at a time in each\n")
     again = json.loads((study_dir / f"seed-{SEED}" / "metrics.json").read_text())
     assert again["environment"]["threads"] == 1
     del again["environment"]

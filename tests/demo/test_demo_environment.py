@@ -24,18 +24,30 @@ def test_free_cores_are_the_usable_ones_less_the_load(monkeypatch, cores, load, 
     assert environment.free_cores() == free
 
 
-@pytest.mark.parametrize(("cores", "load", "threads"), [(2, 0.0, 2), (2, 1.2, 1), (16, 0.0, 2)])
-def test_the_default_takes_the_free_cores_up_to_two(monkeypatch, restore_threads, cores, load, threads):
+@pytest.mark.parametrize(("cores", "load", "threads", "plan"), [
+    (2, 0.0, 2, (2, "both students at once")), (2, 1.2, 1, (1, "one student at a time")),
+    (16, 0.0, 2, (2, "both students at once"))])
+def test_the_default_takes_the_free_cores_up_to_two(monkeypatch, restore_threads, cores, load, threads, plan):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
     monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
-    line = command.choose_threads(None)
-    assert torch.get_num_threads() == threads
-    assert line == f"torch threads: {threads} ({cores - round(load)} free cores, at most 2)"
+    at_once, words = plan
+    free = cores - round(load)
+    assert command.choose_threads(None) == (
+        at_once, f"torch threads: {threads} ({free} free cores, at most 2): {words}, 1 thread each")
+    assert torch.get_num_threads() == 1  # each student's: the same numbers whatever the load
+
+
+@pytest.mark.parametrize(("threads", "plan"),
+                         [(1, (1, 1)), (2, (2, 1)), (3, (2, 1)), (4, (2, 2)), (9, (2, 4))])
+def test_two_threads_or_more_train_both_students_at_once(threads, plan):
+    assert environment.thread_plan(threads) == plan
 
 
 def test_threads_asked_for_are_used(restore_threads):
-    assert command.choose_threads(1) == "torch threads: 1 (--threads)"
-    assert torch.get_num_threads() == 1 and environment.environment()["threads"] == 1
+    line = "torch threads: 4 (--threads): both students at once, 2 threads each"
+    assert command.choose_threads(4) == (2, line)
+    assert torch.get_num_threads() == 2 and environment.environment(2)["threads"] == 2
+    assert environment.environment(2)["students_at_once"] == 2
 
 
 def test_the_environment_names_the_float_path_and_the_versions():
