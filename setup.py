@@ -1,4 +1,5 @@
 """mcckd: Multi-CoT Consistent Knowledge Distillation with fused Triton kernels."""
+import shutil
 import sys
 from pathlib import Path
 
@@ -7,14 +8,17 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from native_build import build_native  # noqa: E402
+from native_build import build_native, in_place_path  # noqa: E402
 
 
 class BuildNative(build_ext):
     """The native CPU ops through CMake (native_build.py); an install without them still succeeds."""
 
     def build_extension(self, ext):
-        build_native(Path(self.get_ext_fullpath(ext.name)), Path(self.build_temp) / "native")
+        output = Path(self.get_ext_fullpath(ext.name))
+        # An editable install imports mcckd from the source tree, where native.py looks for it.
+        if build_native(output, Path(self.build_temp) / "native") and self.editable_mode:
+            shutil.copyfile(output, in_place_path())
 
     def copy_extensions_to_source(self):
         built = [Path(self.get_ext_fullpath(ext.name)) for ext in self.extensions]

@@ -2,12 +2,12 @@
 
     triton  the fused Triton kernels: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1
             (set before triton is first imported); float32, bfloat16, float16; K <= 16
-    torch   the plain-PyTorch references of `mcckd.ops.reference`: any device and dtype
+    torch   PyTorch ops (`pairwise_kl_torch.py`, `cross_entropy_torch.py`): any device and dtype
     native  the compiled CPU kernels of kernels/cpu/ (`mcckd.ops.native`): CPU tensors, float32,
             bfloat16, float16, float64, any K
 
 "auto" is Triton for CUDA tensors it can take, native for CPU tensors when it is built (else
-the references, after one logged line), and the references everywhere else. Both ops
+torch, after one logged line), and torch everywhere else. Both ops
 (`pairwise_sym_kl`, `fused_linear_mcc_loss`) resolve their `backend` argument here.
 """
 from collections.abc import Callable
