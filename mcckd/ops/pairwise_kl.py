@@ -86,12 +86,7 @@ def pairwise_sym_kl(
     """
     _check_inputs(logits, valid, temperature, reduction, backend)
     backend = resolve_backend(backend, logits, _forward_kernel, name="logits", k=logits.shape[1])
-    G, K, _ = logits.shape
-    if backend == "triton" and G > 0:
-        logits = logits if logits.stride(-1) == 1 else logits.contiguous()
-        valid = valid.contiguous() if valid is not None else None
-    elif backend == "triton":
-        backend = "torch"  # no group: nothing to launch
+    G = logits.shape[0]
     forward, _ = pairwise_kl_ops(backend)
     group_loss, _ = forward(logits, valid, float(temperature))
     if valid is None:
