@@ -15,7 +15,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from mcckd.ops import cross_entropy, pairwise_kl_reduce
+from mcckd.ops import cross_entropy
 from mcckd.ops import pairwise_kl_triton as pairwise_kl
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -56,42 +56,34 @@ def pairwise_kl_configurations():
                     "stride_valid_k": "i32", "cols_per_split": "i32", "stride_stats": "i32", "inv_t": "fp32"},
                    {"K_PAD": k_pad, "BLOCK_V": block_v, "HAS_VALID": has_valid, "SPLIT": split})
         block_v = pairwise_kl.BACKWARD_CONFIG.block_v(k_pad, 1 << 20, size)
-        for reduced in (True, False):
-            yield (
-                pairwise_kl._pairwise_kl_bwd_kernel,
-                pairwise_kl.BACKWARD_CONFIG.num_warps(block_v, size),
-                {
-                    **common,
-                    "grad_out_ptr": "*fp32",
-                    "scale_ptr": "*fp32",
-                    "grad_ptr": f"*{dtype}",
-                    "K": "i32",
-                    "V": "i32",
-                    "stride_g": "i64",
-                    "stride_k": "i32",
-                    "stride_v": "i32",
-                    "stride_valid_g": "i32",
-                    "stride_valid_k": "i32",
-                    "stride_grad_out": "i32",
-                    "stride_grad_g": "i64",
-                    "stride_grad_k": "i32",
-                    "stride_stats": "i32",
-                    "inv_t": "fp32",
-                },
-                {"K_PAD": k_pad, "BLOCK_V": block_v, "HAS_VALID": has_valid, "REDUCED": reduced},
-            )
+        yield (
+            pairwise_kl._pairwise_kl_bwd_kernel,
+            pairwise_kl.BACKWARD_CONFIG.num_warps(block_v, size),
+            {
+                **common,
+                "grad_out_ptr": "*fp32",
+                "grad_ptr": f"*{dtype}",
+                "K": "i32",
+                "V": "i32",
+                "stride_g": "i64",
+                "stride_k": "i32",
+                "stride_v": "i32",
+                "stride_valid_g": "i32",
+                "stride_valid_k": "i32",
+                "stride_grad_out": "i32",
+                "stride_grad_g": "i64",
+                "stride_grad_k": "i32",
+                "stride_stats": "i32",
+                "inv_t": "fp32",
+            },
+            {"K_PAD": k_pad, "BLOCK_V": block_v, "HAS_VALID": has_valid},
+        )
     for k_pad, has_valid in itertools.product((2, 4, 8, 16), (True, False)):
         yield (pairwise_kl._pairwise_kl_merge_kernel, 4,
                {"part_ptr": "*fp32", "valid_ptr": "*i1", "stats_ptr": "*fp32", "loss_ptr": "*fp32",
                 "K": "i32", "num_splits": "i32", "stride_valid_g": "i32", "stride_valid_k": "i32",
                 "stride_stats": "i32", "inv_t": "fp32"},
                {"K_PAD": k_pad, "SPLITS_PAD": 64, "HAS_VALID": has_valid})
-        for mean in (True, False):
-            yield (pairwise_kl_reduce._pairwise_kl_reduce_kernel, 4,
-                   {"loss_ptr": "*fp32", "valid_ptr": "*i1", "out_ptr": "*fp32", "scale_ptr": "*fp32",
-                    "G": "i32", "K": "i32", "stride_valid_g": "i32", "stride_valid_k": "i32"},
-                   {"K_PAD": k_pad, "BLOCK_G": max(16, min(1024, 4096 // k_pad)), "HAS_VALID": has_valid,
-                    "MEAN": mean})
 
 
 def linear_mcc_configurations():

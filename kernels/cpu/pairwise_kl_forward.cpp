@@ -122,7 +122,8 @@ bool accumulate_tile(Workspace<A>& ws, int64_t k, int64_t n, double inv_t) {
       keep[c] = keep[c] == A(0) ? A(1) : A(0);
     }
   }
-  A d_r = 0, B_r = 0;
+  // A tile's sums in float64: summed in float32, 128 terms a SIMD lane lost up to ~20 ulp.
+  double d_r = 0, B_r = 0;
 #pragma omp simd
   for (int64_t c = 0; c < n; ++c) mean[c] = 0;
   for (int64_t i = 1; i < k; ++i) pivot_differences(ws.y.data() + i * kTile, y_r, sums.max[i], m_r, inv_t, n, mean);
@@ -141,11 +142,11 @@ bool accumulate_tile(Workspace<A>& ws, int64_t k, int64_t n, double inv_t) {
     d_r += e;
     B_r -= e * m;
   }
-  sums.d_r += d_r;
-  sums.B[0] += B_r;
+  sums.d_r += static_cast<A>(d_r);
+  sums.B[0] += static_cast<A>(B_r);
   for (int64_t i = 1; i < k; ++i) {
     const A* delta_i = y_r + i * kTile;
-    A D = 0, B = 0, F = 0, d = 0, E = 0;
+    double D = 0, B = 0, F = 0, d = 0, E = 0;
 #pragma omp simd reduction(+ : D, B, F, d, E)
     for (int64_t c = 0; c < n; ++c) {
       const A delta = delta_i[c];
@@ -164,11 +165,11 @@ bool accumulate_tile(Workspace<A>& ws, int64_t k, int64_t n, double inv_t) {
       d += e_i;
       E += e_i * b;
     }
-    sums.D[i] += D;
-    sums.B[i] += B;
-    sums.F[i] += F;
-    sums.d[i] += d;
-    sums.E[i] += E;
+    sums.D[i] += static_cast<A>(D);
+    sums.B[i] += static_cast<A>(B);
+    sums.F[i] += static_cast<A>(F);
+    sums.d[i] += static_cast<A>(d);
+    sums.E[i] += static_cast<A>(E);
   }
   return mixed;
 }

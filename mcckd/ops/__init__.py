@@ -3,7 +3,6 @@
     pairwise_kl.py         pairwise_sym_kl: all-pairs symmetric KL over K rows (public)
     pairwise_kl_triton.py  its Triton kernels and autograd Function
     pairwise_kl_pivot.py   the kernels' pivot-difference terms (exact differences, rescaling)
-    pairwise_kl_reduce.py  the Triton reduction of the per-group losses (one launch)
     pairwise_kl_torch.py   its torch backend: the pivot-difference formulation in torch ops
     linear_mcc.py          fused_linear_mcc_loss: lm_head + CE + consistency, no [N, V] logits
     linear_mcc_kernels.py  its forward and backward passes

@@ -1,5 +1,5 @@
 """Triton kernels of `pairwise_sym_kl`: the forward (with a split-vocabulary merge), the
-reduction over groups, the backward, their launchers and the autograd Function around them.
+backward, their launchers and the autograd Function around them.
 
 The math is docs/design.md's ("The consistency loss" and "Precision: differences to a pivot
 row"); the pivot-difference terms are the device functions of `pairwise_kl_pivot.py`.
@@ -15,9 +15,9 @@ and the stats the backward needs. With few groups the vocabulary is split across
 a second small kernel merges the partial sums with the same rescaling.
 
 Backward, one read of the logits and one write of the gradient: each tile rebuilds e_r, b_i
-and q~_i from the saved row maxima, then dS/dy from p_r, q_i and eps_i. The reduction over
-groups is a one-program kernel, and the backward derives each group's coefficient itself: a
-call costs its kernel launches and nothing else on the host. Any strides and storage offsets,
+and q~_i from the saved row maxima, then dS/dy from p_r, q_i and eps_i; each program derives
+its group's coefficient itself, so a call costs its kernel launches and nothing else on the
+host. Any strides and storage offsets,
 of the logits and of the valid mask; the gradient is written contiguous; nothing outside a
 tensor is read or written. All arithmetic is float32.
 
@@ -53,7 +53,6 @@ from mcckd.ops.pairwise_kl_pivot import (
     row_terms,
     score_gradient,
 )
-from mcckd.ops.pairwise_kl_reduce import reduce_group_loss
 
 # stats [STATS_ROWS, G, K] = (mx_i, 1 / d_r, rho_i, mean_b_i);
 # partial sums [G, splits, PARTIAL_ROWS, K_PAD] = (mx_i, d_r, D_i, B_i, F_i, C_i, mixed).
@@ -199,22 +198,19 @@ def _pairwise_kl_merge_kernel(
 
 @triton.jit
 def _pairwise_kl_bwd_kernel(
-    x_ptr, valid_ptr, stats_ptr, grad_out_ptr, scale_ptr, grad_ptr,
+    x_ptr, valid_ptr, stats_ptr, grad_out_ptr, grad_ptr,
     K, V, stride_g, stride_k, stride_v, stride_valid_g, stride_valid_k, stride_grad_out,
     stride_grad_g, stride_grad_k, stride_stats, inv_t,
-    K_PAD: tl.constexpr, BLOCK_V: tl.constexpr, HAS_VALID: tl.constexpr, REDUCED: tl.constexpr,
+    K_PAD: tl.constexpr, BLOCK_V: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
     """Program (g, b): grad of columns block b of group g, coef * dS/dy on valid rows of groups
-    with pairs, 0 elsewhere; coef = dLoss/dL_g / (k (k - 1) T), dLoss/dL_g is grad_out[g] or,
-    REDUCED, grad_out[0] * scale[0]. grad [G, K, V] has strides (stride_grad_g, stride_grad_k, 1)."""
+    with pairs, 0 elsewhere; coef = dLoss/dL_g / (k (k - 1) T), dLoss/dL_g = grad_out[g].
+    grad [G, K, V] has strides (stride_grad_g, stride_grad_k, 1)."""
     g = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     rows, row_in, valid, is_pivot, n, n_true = _rows_of_group(valid_ptr, g, K, stride_valid_g, stride_valid_k,
                                                               K_PAD, HAS_VALID)
-    if REDUCED:
-        grad_group = tl.load(grad_out_ptr) * tl.load(scale_ptr)
-    else:
-        grad_group = tl.load(grad_out_ptr + g * stride_grad_out)
+    grad_group = tl.load(grad_out_ptr + g * stride_grad_out)
     pairs = (n_true * (n_true - 1)).to(tl.float32)
     coef = grad_group.to(tl.float32) * inv_t / tl.maximum(pairs, 1.0)
     row_ptr = stats_ptr + g * K + rows
@@ -307,10 +303,10 @@ def pairwise_kl_forward(logits, valid, inv_t, num_splits=None, config=FORWARD_CO
     return group_loss, stats
 
 
-def pairwise_kl_backward(logits, valid, inv_t, stats, grad_output, scale=None, config=BACKWARD_CONFIG):
+def pairwise_kl_backward(logits, valid, inv_t, stats, grad_output, config=BACKWARD_CONFIG):
     """Launch the backward: gradient [G, K, V], contiguous, in logits' dtype. logits (any
-    strides) and valid as given to the forward, stats its output; grad_output is dLoss/dL_g [G]
-    (per group), or with `scale` a scalar: dLoss/dL_g = grad_output * scale[0]."""
+    strides) and valid as given to the forward, stats its output; grad_output is dLoss/dL_g [G],
+    float32."""
     G, K, V = logits.shape
     grad = torch.empty(G, K, V, dtype=logits.dtype, device=logits.device)
     if G == 0:
@@ -318,38 +314,35 @@ def pairwise_kl_backward(logits, valid, inv_t, stats, grad_output, scale=None, c
     k_pad = triton.next_power_of_2(K)
     block_v = config.block_v(k_pad, V, logits.element_size())
     valid_arg, stride_valid_g, stride_valid_k, has_valid = valid_mask_args(valid, stats)
-    reduced = scale is not None
     launchable(_pairwise_kl_bwd_kernel)[(G, triton.cdiv(V, block_v))](
-        logits, valid_arg, stats, grad_output, scale if reduced else stats, grad,
-        K, V, *logits.stride(), stride_valid_g, stride_valid_k, 0 if reduced else grad_output.stride(0),
+        logits, valid_arg, stats, grad_output, grad,
+        K, V, *logits.stride(), stride_valid_g, stride_valid_k, grad_output.stride(0),
         grad.stride(0), grad.stride(1), stats.stride(0), inv_t,
-        K_PAD=k_pad, BLOCK_V=block_v, HAS_VALID=has_valid, REDUCED=reduced,
+        K_PAD=k_pad, BLOCK_V=block_v, HAS_VALID=has_valid,
         num_warps=config.num_warps(block_v, logits.element_size()),
     )
     return grad
 
 
 class PairwiseSymKLFunction(torch.autograd.Function):
-    """Autograd wrapper around the Triton launches: the loss reduced as `reduction` says.
+    """Autograd over the Triton launches with the vocabulary split over `num_splits` programs
+    (None: as the launcher picks): per-group losses [G]. The registered op picks the split
+    itself; this entry lets the split paths be driven directly.
 
-    Host work is the launches alone (forward: the stats kernel, the merge when the vocabulary
-    is split, the reduction; backward: one kernel): no host sync, no small torch ops.
+    Host work is the launches alone (forward: the stats kernel and, split, the merge;
+    backward: one kernel): no host sync, no small torch ops.
     """
 
     @staticmethod
-    def forward(ctx, logits, valid, temperature, reduction="none", num_splits=None):
+    def forward(ctx, logits, valid, temperature, num_splits=None):
         inv_t = 1.0 / temperature
         group_loss, stats = pairwise_kl_forward(logits, valid, inv_t, num_splits)
-        if reduction == "none":
-            loss, scale = group_loss, None
-        else:
-            loss, scale = reduce_group_loss(group_loss, valid, logits.shape[1], mean=reduction == "mean")
-        ctx.save_for_backward(logits, valid, stats, scale)
+        ctx.save_for_backward(logits, valid, stats)
         ctx.inv_t = inv_t
-        return loss
+        return group_loss
 
     @staticmethod
     def backward(ctx, grad_output):
-        logits, valid, stats, scale = ctx.saved_tensors
-        grad = pairwise_kl_backward(logits, valid, ctx.inv_t, stats, grad_output.float(), scale)
-        return grad, None, None, None, None
+        logits, valid, stats = ctx.saved_tensors
+        grad = pairwise_kl_backward(logits, valid, ctx.inv_t, stats, grad_output.float())
+        return grad, None, None, None

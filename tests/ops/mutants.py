@@ -25,7 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PIVOT = "mcckd/ops/pairwise_kl_pivot.py"
 KERNELS = "mcckd/ops/pairwise_kl_triton.py"
-REDUCE = "mcckd/ops/pairwise_kl_reduce.py"
 CE = "mcckd/ops/cross_entropy.py"
 EDGES = "tests/ops/test_pairwise_kl_edges.py"
 PRECISION = "tests/ops/test_pairwise_kl_precision.py"
@@ -100,10 +99,12 @@ MUTANTS = (
     Mutant("valid mask strides ignored", KERNELS,
            "offsets = g * stride_valid_g + rows.to(tl.int64) * stride_valid_k", "offsets = g * K + rows",
            (EDGES, "-k", "column_strides")),
+    Mutant("backward: pairs counted as k squared", KERNELS, "pairs = (n_true * (n_true - 1)).to(tl.float32)\n    coef",
+           "pairs = (n_true * n_true).to(tl.float32)\n    coef", pairwise("sixteen_rows")),
+    Mutant("backward: every group gets group 0's output gradient", KERNELS,
+           "tl.load(grad_out_ptr + g * stride_grad_out)", "tl.load(grad_out_ptr)", pairwise("strided")),
     Mutant("G = 0 launched", KERNELS, "    if G == 0:\n        return group_loss, stats\n", "",
            pairwise("no_groups")),
-    Mutant("mean over groups counts single rows", REDUCE, "tl.where(n >= 2.0, 1.0, 0.0)",
-           "tl.where(n >= 1.0, 1.0, 0.0)", ("tests/ops/test_pairwise_kl.py", "-k", "many_groups")),
     Mutant("CE: running sum not rescaled", CE, "d = d * tl.exp(m - m_new) + ", "d = d + ", tiles()),
     Mutant("CE: ignored rows get a loss", CE, "tl.where(active, lse - z_target, 0.0)", "lse - z_target",
            tiles()),

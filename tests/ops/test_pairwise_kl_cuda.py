@@ -43,7 +43,7 @@ def test_every_kernel_configuration_compiles_and_agrees(K, dtype, masked, num_sp
     valid = valid if masked else None
     grad_output = torch.rand(6, device="cuda")
     got, grad = loss_and_grad(
-        lambda x: PairwiseSymKLFunction.apply(x, valid, 1.5, "none", num_splits), logits, grad_output
+        lambda x: PairwiseSymKLFunction.apply(x, valid, 1.5, num_splits), logits, grad_output
     )
     want, want_grad = loss_and_grad(
         lambda x: pairwise_sym_kl_reference(x, valid, 1.5, "none"), logits.double(), grad_output.double()

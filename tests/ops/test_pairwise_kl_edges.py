@@ -82,7 +82,7 @@ def test_launch_takes_column_strides_and_a_strided_mask(num_splits):
     valid = mask[:, ::2]
     grad_output = weights(3, 5)
     leaf = logits.detach().requires_grad_()
-    loss = PairwiseSymKLFunction.apply(leaf, valid, 1.1, "none", num_splits)
+    loss = PairwiseSymKLFunction.apply(leaf, valid, 1.1, num_splits)
     (grad,) = torch.autograd.grad(loss, leaf, grad_output.float())
     want = logits.double().requires_grad_()
     want_loss = pairwise_definition(want, valid, 1.1, "none")
