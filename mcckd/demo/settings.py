@@ -13,8 +13,8 @@ TRAINING = {
     "lr": 5e-4, "min_lr_ratio": 0.1, "grad_accum": 1, "device": "cpu", "log_every": 10, "save_every": 0,
     "keep_last": 1, "report_to": ["jsonl"], "loss_normalization": "micro_batch",
 }
-# Micro-batches of one question (about 370 tokens): on a CPU the packed attention's
-# block-diagonal mask costs N^2 per micro-batch of N tokens, so small ones are the fastest.
+# Micro-batches of one question (its K rationales packed, about 370 tokens): one update per
+# question, which teaches more per CPU second than fewer, larger updates (bench/NOTES.md).
 MAX_LENGTH = 144  # the longest training sequence is about 125 tokens
 MAX_TOKENS = K * MAX_LENGTH
 # Large enough that BPE merges every word and number of the training text into one token: a

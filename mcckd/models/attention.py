@@ -17,7 +17,8 @@ once per forward. Backends, best first ("auto" takes the first available):
     varlen      `torch.nn.attention.varlen.varlen_attn` (CUDA, fp16/bf16, torch >= 2.10)
     flex        FlexAttention with a document mask (compiled on CUDA; on a CPU eager and
                 forward only: torch has no CPU backward for it)
-    sdpa        scaled_dot_product_attention with an explicit [N, N] block-diagonal mask
+    sdpa        scaled_dot_product_attention: on a CPU one causal call per sequence, else with
+                an explicit [N, N] block-diagonal mask
 
 "auto" picks flex only on CUDA: on a CPU its eager fallback is no cheaper than the sdpa mask.
 The backends serve training only; `transformers_attention` switches back to transformers'
@@ -79,11 +80,24 @@ def _repeat_kv(key, value, num_heads):
 
 def sdpa_packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                           sliding_window=None, **kwargs):
-    """q [1, H, N, D], k/v [1, Hkv, N, D] -> out [1, N, H, D] under the block-diagonal mask."""
-    mask = _packed(kwargs).dense_mask(sliding_window)
+    """q [1, H, N, D], k/v [1, Hkv, N, D] -> out [1, N, H, D] under the block-diagonal mask.
+
+    On a CPU, eager and without a sliding window, one causal call per sequence: the scores cost
+    sum_s n_s^2 instead of N^2. Elsewhere one call under the dense [N, N] mask (no host sync,
+    one kernel, traceable)."""
+    packed = _packed(kwargs)
     # SDPA's fused CUDA kernels take GQA only without a mask (transformers repeats the heads too)
     key, value = _repeat_kv(key, value, query.shape[1])
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
+    if query.device.type == "cpu" and sliding_window is None and not torch.compiler.is_compiling():
+        out = torch.cat([
+            F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True,
+                                           dropout_p=dropout, scale=scaling)
+            for a, b in packed.spans()
+        ], dim=2)
+    else:
+        mask = packed.dense_mask(sliding_window)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout,
+                                             scale=scaling)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -28,6 +28,14 @@ class PackedSequences:
         lengths = (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).long()
         return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
 
+    def spans(self):
+        """[(start, end)] of each non-empty sequence of the stream, on the host (one copy per
+        forward)."""
+        if "spans" not in self._masks:
+            bounds = self.cu_seqlens.tolist()
+            self._masks["spans"] = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        return self._masks["spans"]
+
     def dense_mask(self, window):
         """[N, N] bool, True where query q may attend key k (see the module docstring)."""
         if ("dense", window) not in self._masks:

@@ -13,6 +13,7 @@ from mcckd.data.seq2seq import pad_seq2seq
 from mcckd.models.attention import (
     attention_backend,
     resolve_attention_backend,
+    sdpa_packed_attention,
     set_attention_backend,
     transformers_attention,
 )
@@ -87,6 +88,29 @@ def test_a_sequence_ignores_its_neighbours():
         )
     assert not torch.allclose(before[:5], after[:5])
     torch.testing.assert_close(before[5:], after[5:], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (4, 2)])
+def test_cpu_sdpa_sequence_by_sequence_equals_the_dense_mask(heads, kv_heads):
+    """On a CPU the sdpa backend attends sequence by sequence; it must give what one call under
+    the block-diagonal mask gives, forward and backward (an empty sequence included)."""
+    generator = torch.Generator().manual_seed(3)
+    cu_seqlens = torch.tensor([0, 5, 5, 14, 22], dtype=torch.int32)
+    N, D = 22, 8
+    q, k, v = (torch.randn(1, h, N, D, generator=generator, dtype=torch.float64, requires_grad=True)
+               for h in (heads, kv_heads, kv_heads))
+    packed = PackedSequences.from_cu_seqlens(cu_seqlens)
+    out, _ = sdpa_packed_attention(None, q, k, v, None, scaling=0.3, packed_sequences=packed)
+    keys, values = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (k, v))
+    want = F.scaled_dot_product_attention(q, keys, values, attn_mask=packed.dense_mask(None), scale=0.3)
+    want = want.transpose(1, 2)
+    assert out.shape == (1, N, heads, D)
+    torch.testing.assert_close(out, want, atol=1e-12, rtol=0)
+    weights = torch.randn(out.shape, generator=generator, dtype=torch.float64)
+    grads = torch.autograd.grad((out * weights).sum(), (q, k, v))
+    want_grads = torch.autograd.grad((want * weights).sum(), (q, k, v))
+    for got, expected in zip(grads, want_grads):
+        torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
 
 
 def test_sliding_window_layers_mask_distant_keys():
