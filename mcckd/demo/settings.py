@@ -10,7 +10,7 @@ STUDENT = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 256, 
            "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 256}
 # The README's demo results were measured with each micro-batch's own loss means averaged.
 TRAINING = {
-    "lr": 5e-4, "min_lr_ratio": 0.0, "grad_accum": 1, "device": "cpu", "log_every": 10, "save_every": 0,
+    "lr": 7e-4, "min_lr_ratio": 0.0, "grad_accum": 1, "device": "cpu", "log_every": 10, "save_every": 0,
     "keep_last": 1, "report_to": ["jsonl"], "loss_normalization": "micro_batch",
 }
 # Micro-batches of one question (its K rationales packed, about 370 tokens): one update per
