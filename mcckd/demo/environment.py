@@ -7,6 +7,7 @@ steps the results. So the demo records both next to its numbers.
 import os
 import platform
 import sys
+import time
 
 import torch
 from transformers.utils import logging as transformers_logging
@@ -16,13 +17,57 @@ import mcckd
 MAX_THREADS = 2  # by default: two students at once, one thread each
 
 
-def free_cores() -> int:
-    """The cores this process may use, less the 1-minute load average (rounded), at least 1."""
+STAT_SECONDS = 0.25  # how long free_cores watches the CPUs
+
+
+def cpu_times(stat_text: str, cpus: set[int]) -> dict[int, tuple[int, int]]:
+    """{cpu: (total, idle) jiffies} of the `cpus` listed in a Linux /proc/stat text; iowait
+    counts as idle, guest time is already in user time."""
+    times = {}
+    for line in stat_text.splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            values = [int(v) for v in fields[:8]]
+            times[int(name[3:])] = (sum(values), values[3] + values[4])
+    return times
+
+
+def busy_between(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> float:
+    """Cores busy between two `cpu_times` samples: the sum over CPUs of 1 - idle share."""
+    busy = 0.0
+    for cpu, (total, idle) in after.items():
+        elapsed = total - before.get(cpu, (total, idle))[0]
+        if elapsed > 0:
+            busy += 1.0 - (idle - before[cpu][1]) / elapsed
+    return busy
+
+
+def busy_cores(cpus: set[int], seconds: float = STAT_SECONDS, stat_path: str = "/proc/stat") -> float | None:
+    """How many of `cpus` are busy now: /proc/stat read `seconds` apart; None where it cannot be
+    read (not Linux) or does not list them."""
     try:
-        usable = len(os.sched_getaffinity(0))
+        with open(stat_path, encoding="utf-8") as stat:
+            before = cpu_times(stat.read(), cpus)
+        time.sleep(seconds)
+        with open(stat_path, encoding="utf-8") as stat:
+            after = cpu_times(stat.read(), cpus)
+    except (OSError, ValueError, IndexError):
+        return None
+    return busy_between(before, after) if after else None
+
+
+def free_cores() -> int:
+    """The cores this process may use less those busy now (rounded), at least 1. Busy is
+    measured over STAT_SECONDS; without /proc/stat, the 1-minute load average stands in (it
+    lags: right after other work it still counts cores that have become free)."""
+    try:
+        usable = set(os.sched_getaffinity(0))
     except AttributeError:  # no affinity on this platform
-        usable = os.cpu_count() or 1
-    return max(1, usable - round(os.getloadavg()[0]))
+        usable = set(range(os.cpu_count() or 1))
+    busy = busy_cores(usable)
+    if busy is None:
+        busy = os.getloadavg()[0]
+    return max(1, len(usable) - round(busy))
 
 
 def set_threads(threads: int) -> None:
