@@ -23,6 +23,7 @@ VOCAB_SIZE = 1024
 EVAL_BATCH_SIZE = 100
 MAX_NEW_TOKENS = 96  # the longest training target (rationale, answer sentence) is about 75 tokens
 CURVE_POINTS = 5  # evaluations during each run, for the accuracy curves
+PLATEAU_POINTS = 2  # a student has levelled off when its last two evaluations are this close
 
 @dataclass(frozen=True)
 class Sizes:

@@ -5,7 +5,9 @@ and the float path moves with the machine. The study runs both students for ever
 initialisation and order within a seed), one seed after the other or in `workers` processes of
 one thread each, keeps each seed's demo folder DIR/seed-S/ as it finishes (a rerun skips the seeds
 whose metrics.json exists) and writes, per test set, each student's mean accuracy and the paired
-difference MCC-KD - CE with its 95% t-interval over the seeds:
+difference MCC-KD - CE with its 95% t-interval over the seeds, and per seed how much each
+student's accuracy changed between its last two curve evaluations (levelled off: within
+PLATEAU_POINTS on both test sets):
 
     DIR/seed-S/                  one demo folder per seed (metrics.json, report.md, ...)
     DIR/seed-S.log               what a worker process printed for that seed (workers > 1)
@@ -22,8 +24,9 @@ from tqdm import tqdm
 
 from mcckd.demo.environment import environment, start_worker
 from mcckd.demo.intervals import MAX_SAMPLES, mean_interval
+from mcckd.demo.report import read_log
 from mcckd.demo.runner import logged_call, run_demo
-from mcckd.demo.settings import SPLITS, STUDENTS
+from mcckd.demo.settings import PLATEAU_POINTS, SPLITS, STUDENTS
 from mcckd.errors import InputError
 
 
@@ -90,7 +93,8 @@ def run_study(out, *, seeds, steps, sizes, workers=1, students_at_once=1):
                      students_at_once=students_at_once)
     else:
         run_in_workers(out, todo, steps, sizes, workers)
-    study = summarize({seed: finished_seed(out / f"seed-{seed}", steps, sizes) for seed in seeds}, steps)
+    study = summarize({seed: finished_seed(out / f"seed-{seed}", steps, sizes) for seed in seeds}, steps,
+                      {seed: last_changes(out / f"seed-{seed}") for seed in seeds})
     (out / "study.json").write_text(json.dumps(study, indent=2) + "\n", encoding="utf-8")
     (out / "study.md").write_text(study_report(study), encoding="utf-8")
     plot_differences(out, study)
@@ -117,8 +121,26 @@ def run_logged(out, seed, steps, sizes):
                        sizes=sizes)
 
 
-def summarize(per_seed, steps):
-    """study.json: per seed each student's accuracies; per test set the means and the paired
+def last_changes(folder):
+    """{student: {split: accuracy at the last curve evaluation minus at the one before}} of
+    the seed folder's runs (fractions; 0.0 with fewer than two evaluations)."""
+    changes = {}
+    for name in STUDENTS:
+        _, evaluations = read_log(folder, name)
+        last_two = evaluations[-2:] if len(evaluations) >= 2 else evaluations[-1:] * 2
+        changes[name] = {split: last_two[1][f"eval_{split}_accuracy"] - last_two[0][f"eval_{split}_accuracy"]
+                         for split in SPLITS}
+    return changes
+
+
+def levelled_off(change):
+    """Whether a student's last two evaluations are within PLATEAU_POINTS on every test set."""
+    return all(abs(100 * change[split]) <= PLATEAU_POINTS + 1e-9 for split in SPLITS)
+
+
+def summarize(per_seed, steps, changes):
+    """study.json: per seed each student's accuracies and the change between its last two curve
+    evaluations (`changes`, from `last_changes`); per test set the means and the paired
     MCC-KD - CE difference (accuracy as a fraction) with its 95% t-interval."""
     seeds = list(per_seed)
     accuracy = {name: {split: [per_seed[s][name][f"{split}_acc"] for s in seeds] for split in SPLITS}
@@ -134,8 +156,10 @@ def summarize(per_seed, steps):
         "test_questions": per_seed[seeds[0]]["task"]["test_questions"],
         "per_seed": [{"seed": s, **{name: {split: accuracy[name][split][i] for split in SPLITS}
                                     for name in STUDENTS},
+                      "last_change": changes[s],
                       "environment": per_seed[s].get("environment")} for i, s in enumerate(seeds)],
         "splits": splits,
+        "levelled_off": {name: sum(levelled_off(changes[s][name]) for s in seeds) for name in STUDENTS},
         "environment": environment(),
     }
 
@@ -163,6 +187,26 @@ def seed_cells(row, split):
     return f"{100 * ce:.1f}% | {100 * mcc:.1f}% | {points(mcc - ce)}"
 
 
+def change_cells(change):
+    """A student's change between its last two evaluations, in and out of distribution."""
+    return " / ".join(points(change[split]) for split in SPLITS)
+
+
+def change_row(row):
+    """One seed's row of the last-change table of study.md."""
+    cells = " | ".join(change_cells(row["last_change"][name]) for name in STUDENTS)
+    return f"| {row['seed']} | {cells} |"
+
+
+def plateau_line(study):
+    """How many seeds' students levelled off (last two curve evaluations within PLATEAU_POINTS)."""
+    n = len(study["seeds"])
+    counts = ", ".join(f"{label} {study['levelled_off'][name]} of {n}"
+                       for name, (label, _) in STUDENTS.items())
+    return (f"Levelled off (the last two curve evaluations within {PLATEAU_POINTS} points, in and out of "
+            f"distribution): {counts} seeds. The change from the one to the other, in points:")
+
+
 def study_report(study):
     """study.md."""
     seeds = study["per_seed"]
@@ -183,6 +227,12 @@ def study_report(study):
         "| difference |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *rows,
+        "",
+        plateau_line(study),
+        "",
+        "| seed | CE, last change in / out | MCC-KD, last change in / out |",
+        "| ---: | ---: | ---: |",
+        *[change_row(row) for row in seeds],
         "",
         "Each seed's folder `seed-S/` holds its report.md and metrics.json (with the machine it ran on).",
         "",

@@ -16,8 +16,8 @@ from mcckd.cli import main
 from mcckd.data import extract_answer, read_records
 from mcckd.demo import command, settings
 from mcckd.demo.intervals import mean_interval
-from mcckd.demo.report import difference_line, results_table
-from mcckd.demo.study import summary_table
+from mcckd.demo.report import difference_line, read_log, results_table
+from mcckd.demo.study import levelled_off, summary_table
 
 SMALL = settings.Sizes(train=48, test=12, curve=4, teacher_samples=8)
 STEPS, SEED = 2, 3
@@ -202,8 +202,17 @@ def test_a_seed_study_keeps_a_finished_seed_and_pairs_the_students(finished, tmp
         assert study["splits"][split]["mcc_minus_ce"] == mean_interval(differences)
         ce = [m["ce"][f"{split}_acc"] for m in (first, second)]
         assert study["splits"][split]["ce_mean"] == sum(ce) / 2
+    for row, folder in zip(study["per_seed"], (study_dir / f"seed-{SEED}", study_dir / f"seed-{SEED + 1}")):
+        _, evaluations = read_log(folder, "mcc")
+        want = evaluations[-1]["eval_ood_accuracy"] - evaluations[-2]["eval_ood_accuracy"]
+        assert row["last_change"]["mcc"]["ood"] == want
+    rows = study["per_seed"]
+    assert study["levelled_off"] == {name: sum(levelled_off(row["last_change"][name]) for row in rows)
+                                     for name in settings.STUDENTS}
     table = summary_table(study)
     assert table in printed and table in (study_dir / "study.md").read_text()
+    report = (study_dir / "study.md").read_text()
+    assert "Levelled off (the last two curve evaluations within 2 points" in report
     assert (study_dir / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     small_demo("--out", str(study_dir), "--seeds", f"{SEED}-{SEED + 1}")  # resumed: both seeds kept
     assert json.loads((study_dir / f"seed-{SEED + 1}" / "metrics.json").read_text()) == second

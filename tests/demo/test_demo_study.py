@@ -1,11 +1,12 @@
 """`mcckd demo --seeds` refuses what it cannot resume: a folder holding other files, a finished
-seed run with other settings, bad seed lists; each is one error line, before any training."""
+seed run with other settings, bad seed lists; each is one error line, before any training. And
+the study's record of whether each student levelled off."""
 import json
 
 import pytest
 
 from mcckd import cli
-from mcckd.demo import command, settings
+from mcckd.demo import command, settings, study
 
 SMALL = settings.Sizes(train=48, test=12, curve=4, teacher_samples=8)
 
@@ -60,3 +61,30 @@ def test_workers_without_seeds_or_with_threads_are_refused(tmp_path, capsys, arg
     assert cli.main(["demo", "--out", str(tmp_path / "out"), *argv]) == 2
     assert f"mcckd: error: {message}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def write_run_log(folder, name, evaluations):
+    """A run's metrics.jsonl with a training entry and (step, id, ood) evaluations."""
+    run = folder / "runs" / name
+    run.mkdir(parents=True)
+    lines = [json.dumps({"step": 1, "loss": 1.0, "ce": 1.0, "kl": 0.0})]
+    lines += [json.dumps({"step": s, "eval_id_accuracy": i, "eval_ood_accuracy": o})
+              for s, i, o in evaluations]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_last_changes_are_read_from_the_runs_logs(tmp_path):
+    write_run_log(tmp_path, "ce", [(10, 0.2, 0.1), (20, 0.80, 0.30), (30, 0.81, 0.27)])
+    write_run_log(tmp_path, "mcc", [(10, 0.3, 0.1), (20, 0.70, 0.20), (30, 0.75, 0.21)])
+    changes = study.last_changes(tmp_path)
+    assert changes["ce"] == {"id": pytest.approx(0.01), "ood": pytest.approx(-0.03)}
+    assert changes["mcc"] == {"id": pytest.approx(0.05), "ood": pytest.approx(0.01)}
+    assert not study.levelled_off(changes["ce"])  # out of distribution -3 points
+    assert not study.levelled_off(changes["mcc"])
+    assert study.levelled_off({"id": -0.02, "ood": 0.0133})
+
+
+def test_a_run_with_one_evaluation_has_no_change(tmp_path):
+    write_run_log(tmp_path, "ce", [(10, 0.4, 0.2)])
+    write_run_log(tmp_path, "mcc", [(10, 0.5, 0.1)])
+    assert study.last_changes(tmp_path) == {"ce": {"id": 0.0, "ood": 0.0}, "mcc": {"id": 0.0, "ood": 0.0}}
