@@ -22,6 +22,7 @@ import pytest
 import torch
 from cpu_cases import make_case
 
+from mcckd.demo.environment import cpu_model
 from mcckd.ops import native_available
 
 HERE = Path(__file__).parent
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU benchmark
 def record(key, row):
     """Merge one result row into the results JSON under `key`."""
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
-    results.setdefault("machine", {"cpus": os.cpu_count(), "torch": torch.__version__,
+    results.setdefault("machine", {"cpus": os.cpu_count(), "cpu": cpu_model(), "torch": torch.__version__,
                                    "threads": torch.get_num_threads()})
     results[key] = row
     OUT.parent.mkdir(parents=True, exist_ok=True)
