@@ -35,10 +35,10 @@ def cpu_times(stat_text: str, cpus: set[int]) -> dict[int, tuple[int, int]]:
 def busy_between(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> float:
     """Cores busy between two `cpu_times` samples: the sum over CPUs of 1 - idle share."""
     busy = 0.0
-    for cpu, (total, idle) in after.items():
-        elapsed = total - before.get(cpu, (total, idle))[0]
+    for cpu in after.keys() & before.keys():
+        elapsed = after[cpu][0] - before[cpu][0]
         if elapsed > 0:
-            busy += 1.0 - (idle - before[cpu][1]) / elapsed
+            busy += 1.0 - (after[cpu][1] - before[cpu][1]) / elapsed
     return busy
 
 

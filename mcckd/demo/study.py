@@ -127,8 +127,8 @@ def last_changes(folder):
     changes = {}
     for name in STUDENTS:
         _, evaluations = read_log(folder, name)
-        last_two = evaluations[-2:] if len(evaluations) >= 2 else evaluations[-1:] * 2
-        changes[name] = {split: last_two[1][f"eval_{split}_accuracy"] - last_two[0][f"eval_{split}_accuracy"]
+        previous, last = evaluations[max(len(evaluations) - 2, 0)], evaluations[-1]
+        changes[name] = {split: last[f"eval_{split}_accuracy"] - previous[f"eval_{split}_accuracy"]
                          for split in SPLITS}
     return changes
 

@@ -17,9 +17,8 @@ a second small kernel merges the partial sums with the same rescaling.
 Backward, one read of the logits and one write of the gradient: each tile rebuilds e_r, b_i
 and q~_i from the saved row maxima, then dS/dy from p_r, q_i and eps_i; each program derives
 its group's coefficient itself, so a call costs its kernel launches and nothing else on the
-host. Any strides and storage offsets,
-of the logits and of the valid mask; the gradient is written contiguous; nothing outside a
-tensor is read or written. All arithmetic is float32.
+host. Any strides and storage offsets, of the logits and of the valid mask; the gradient is
+written contiguous; nothing outside a tensor is read or written. All arithmetic is float32.
 
 Edge cases (docs/design.md, "Edge cases"): rows that are not valid are never read; a column
 at -inf in every valid row contributes nothing; NaN or +inf in a valid row reaches every sum
