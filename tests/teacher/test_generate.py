@@ -55,8 +55,9 @@ class Teacher(ThreadingHTTPServer):
     failures[i] lists what the next requests for item i get before a success: an HTTP status,
     (status, Retry-After), "drop" (the connection closes without a response), "truncated" (a
     200 whose JSON body is cut short) or "empty" (a 200 with an empty `choices`). Items in
-    `held` wait for `gate` before their successful answer; an error sent to an item of
-    `gate_openers` opens the gate half a second later. At most `max_choices` choices per
+    `held` wait for `gate` before their successful answer; an error to an item of
+    `gate_openers` waits until every held item has been asked, and opens the gate half a
+    second after it is sent. At most `max_choices` choices per
     response. Every request is logged with the phase it arrived in.
     """
 
@@ -89,6 +90,12 @@ class Teacher(ThreadingHTTPServer):
     def items_asked(self, phase):
         with self.lock:
             return {entry["item"] for entry in self.log if entry["phase"] == phase}
+
+    def wait_for_held(self, timeout=30.0):
+        """Until every item of `held` has been asked in this phase (at most `timeout` s)."""
+        deadline = time.monotonic() + timeout
+        while not self.held <= self.items_asked(self.phase) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 class TeacherHandler(BaseHTTPRequestHandler):
@@ -136,6 +143,8 @@ class TeacherHandler(BaseHTTPRequestHandler):
             return
         if action != 200:
             status, retry_after = action if isinstance(action, tuple) else (action, None)
+            if item in server.gate_openers:  # the held items are in flight before the error
+                server.wait_for_held()
             self.send_json(status, {"error": {"message": f"injected {status}"}}, retry_after)
             if item in server.gate_openers:  # once the client has surely read the error
                 threading.Timer(0.5, server.gate.set).start()
