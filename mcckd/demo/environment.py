@@ -13,6 +13,7 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 import mcckd
+from mcckd.demo.orphans import exit_with_parent
 
 MAX_THREADS = 2  # by default: two students at once, one thread each
 
@@ -88,7 +89,9 @@ def thread_plan(threads: int) -> tuple[int, int]:
 
 
 def start_worker(threads: int = 1) -> None:
-    """A spawned worker process's set-up: `threads` torch threads, no download progress bars."""
+    """A spawned worker process's set-up: `threads` torch threads, no download progress bars,
+    and an end with its parent (`exit_with_parent`)."""
+    exit_with_parent(os.getppid())
     set_threads(threads)
     transformers_logging.disable_progress_bar()
 
