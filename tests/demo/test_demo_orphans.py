@@ -35,8 +35,8 @@ def wait_until_gone(pid, seconds):
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from Linux's /proc")
 def test_a_worker_ends_when_its_parent_is_killed():
     parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
     try:
-        child = int(parent.stdout.readline())
         time.sleep(0.3)
         assert running(child)  # watching, not yet ended
         os.kill(parent.pid, signal.SIGKILL)
@@ -44,4 +44,5 @@ def test_a_worker_ends_when_its_parent_is_killed():
         assert wait_until_gone(child, 10)
     finally:
         parent.kill()
-
+        if running(child):
+            os.kill(child, signal.SIGKILL)

@@ -57,8 +57,8 @@ class Teacher(ThreadingHTTPServer):
     200 whose JSON body is cut short) or "empty" (a 200 with an empty `choices`). Items in
     `held` wait for `gate` before their successful answer; an error to an item of
     `gate_openers` waits until every held item has been asked, and opens the gate half a
-    second after it is sent. At most `max_choices` choices per
-    response. Every request is logged with the phase it arrived in.
+    second after it is sent. At most `max_choices` choices per response. Every request is
+    logged with the phase it arrived in.
     """
 
     daemon_threads = True
