@@ -8,6 +8,7 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers.utils import logging as transformers_logging
@@ -46,12 +47,11 @@ def busy_between(before: dict[int, tuple[int, int]], after: dict[int, tuple[int,
 def busy_cores(cpus: set[int], seconds: float = STAT_SECONDS, stat_path: str = "/proc/stat") -> float | None:
     """How many of `cpus` are busy now: /proc/stat read `seconds` apart; None where it cannot be
     read (not Linux) or does not list them."""
+    stat = Path(stat_path)
     try:
-        with open(stat_path, encoding="utf-8") as stat:
-            before = cpu_times(stat.read(), cpus)
+        before = cpu_times(stat.read_text(encoding="utf-8"), cpus)
         time.sleep(seconds)
-        with open(stat_path, encoding="utf-8") as stat:
-            after = cpu_times(stat.read(), cpus)
+        after = cpu_times(stat.read_text(encoding="utf-8"), cpus)
     except (OSError, ValueError, IndexError):
         return None
     return busy_between(before, after) if after else None
