@@ -85,7 +85,16 @@ def format_from_config(section):
 
 def encode(tokenizer, text):
     """Token ids of `text` alone, without special tokens."""
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return encode_each(tokenizer, [text])[0]
+
+
+def encode_each(tokenizer, texts, **options):
+    """`encode` of every text, in one call of the tokenizer (a fast tokenizer's Python overhead
+    is paid once, not per text); `options` override add_special_tokens=False."""
+    if not texts:
+        return []
+    encoded = tokenizer(list(texts), **{"add_special_tokens": False, **options})
+    return [list(ids) for ids in encoded["input_ids"]]
 
 
 class BoundFormat:
@@ -121,21 +130,28 @@ class BoundFormat:
         student reads the prompt text with the tokenizer's own special tokens (T5 closes with
         EOS). chat: the template's tokenisation of the conversation with its generation prompt.
         """
-        text = self.format.prompt_text(question)
+        return self.prompts_ids([question])[0]
+
+    def prompts_ids(self, questions):
+        """`prompt_ids` of every question, the plain format's in one call of the tokenizer."""
+        texts = [self.format.prompt_text(question) for question in questions]
         if self.format.kind == "chat":
-            return chat_prompt_ids(self.tokenizer, text, self.format.system)
+            return [chat_prompt_ids(self.tokenizer, text, self.format.system) for text in texts]
         if self.encoder_decoder:
-            return list(self.tokenizer(text)["input_ids"])
+            return encode_each(self.tokenizer, texts, add_special_tokens=True)
         bos = self.tokenizer.bos_token_id
-        return ([] if bos is None else [bos]) + encode(self.tokenizer, text)
+        return [([] if bos is None else [bos]) + ids for ids in encode_each(self.tokenizer, texts)]
 
-    def rationale_ids(self, rationale):
-        """The rationale segment's ids (the rationale stripped of white space at its ends)."""
-        return encode(self.tokenizer, self.rationale_text.replace("{rationale}", rationale.strip()))
+    def rationales_ids(self, rationales):
+        """The rationale segment's ids of every rationale (stripped of white space at its ends),
+        in one call of the tokenizer."""
+        return encode_each(self.tokenizer, [self.rationale_text.replace("{rationale}", rationale.strip())
+                                            for rationale in rationales])
 
-    def answer_ids(self, answer):
-        """The answer segment's ids: the common answer span, the same under every rationale."""
-        return encode(self.tokenizer, f" {answer}")
+    def answers_ids(self, answers):
+        """The answer segment's ids of every answer (the common answer span, the same under
+        every rationale), in one call of the tokenizer."""
+        return encode_each(self.tokenizer, [f" {answer}" for answer in answers])
 
 
 def bind_format(tokenizer, prompt_format=PLAIN, *, encoder_decoder=False):

@@ -89,4 +89,5 @@ def seq2seq_prompts(records, questions, tokenizer, prompt_format):
     """{question id: encoder ids}: the prompt as evaluation encodes it."""
     kept = {q.id for q in questions}
     bound = bind_format(tokenizer, prompt_format, encoder_decoder=True)
-    return {r.id: bound.prompt_ids(r.question) for r in records if r.id in kept}
+    records = [r for r in records if r.id in kept]
+    return dict(zip((r.id for r in records), bound.prompts_ids([r.question for r in records])))

@@ -64,15 +64,29 @@ def tokenize_record(record, tokenizer, *, prompt_format=PLAIN, max_length=None):
 
 def tokenize_with(record, bound, *, max_length=None):
     """`tokenize_record` with a format already bound to the tokenizer (a `BoundFormat`)."""
+    return tokenize_batch([record], bound, max_length=max_length)[0]
+
+
+def tokenize_batch(records, bound, *, max_length=None):
+    """[(TokenizedQuestion, rationales too long)] of `records`, each kind of segment (prompts,
+    answers, rationales) encoded in one call of the tokenizer."""
     if bound.closing is None:
         raise ValueError("the tokenizer has no EOS token: the target must end in one")
-    prompt = bound.prompt_ids(record.question)
-    answer_ids = bound.answer_ids(record.answer)
+    prompts = bound.prompts_ids([record.question for record in records])
+    answers = bound.answers_ids([record.answer for record in records])
+    rationales = iter(bound.rationales_ids([text for record in records for text in record.rationales]))
+    return [assemble(record, prompt, answer_ids, [next(rationales) for _ in record.rationales], bound,
+                     max_length)
+            for record, prompt, answer_ids in zip(records, prompts, answers)]
+
+
+def assemble(record, prompt, answer_ids, rationales, bound, max_length):
+    """(TokenizedQuestion, rationales too long) of a record from its segments' ids."""
     ending = answer_ids + bound.tail + bound.closing
     question = TokenizedQuestion(record.id, answer_ids)
     too_long = 0
-    for text in record.rationales:
-        head = prompt + bound.opening + bound.rationale_ids(text) + bound.sentence
+    for rationale in rationales:
+        head = prompt + bound.opening + rationale + bound.sentence
         if max_length is not None and len(head) + len(ending) > max_length:
             too_long += 1
             continue
@@ -80,16 +94,21 @@ def tokenize_with(record, bound, *, max_length=None):
     return question, too_long
 
 
-def tokenize_records(records, tokenizer, *, prompt_format=PLAIN, max_length=None, progress=False):
+def tokenize_records(records, tokenizer, *, prompt_format=PLAIN, max_length=None, progress=False,
+                     batch_size=1024):
     """TokenizedQuestions of the records that keep a rationale, and counts of what was dropped:
-    {"rationale too long": ..., "question without rationales": ...}."""
+    {"rationale too long": ..., "question without rationales": ...}; `batch_size` records are
+    encoded at a time."""
     bound = bind_format(tokenizer, prompt_format)
     questions, dropped = [], {"rationale too long": 0, "question without rationales": 0}
-    for record in tqdm(records, desc="tokenising", unit="question", disable=not progress):
-        question, too_long = tokenize_with(record, bound, max_length=max_length)
-        dropped["rationale too long"] += too_long
-        if question.rationales:
-            questions.append(question)
-        else:
-            dropped["question without rationales"] += 1
+    with tqdm(total=len(records), desc="tokenising", unit="question", disable=not progress) as bar:
+        for start in range(0, len(records), batch_size):
+            batch = records[start:start + batch_size]
+            for question, too_long in tokenize_batch(batch, bound, max_length=max_length):
+                dropped["rationale too long"] += too_long
+                if question.rationales:
+                    questions.append(question)
+                else:
+                    dropped["question without rationales"] += 1
+            bar.update(len(batch))
     return questions, dropped

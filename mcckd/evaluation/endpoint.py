@@ -50,7 +50,7 @@ def endpoint_prompts(records, api, tokenizer=None, encoder_decoder=False, prompt
     if api == "chat":
         return [record.question for record in records]
     bound = bind_format(tokenizer, prompt_format or PLAIN, encoder_decoder=encoder_decoder)
-    return [bound.prompt_ids(record.question) for record in records]
+    return bound.prompts_ids([record.question for record in records])
 
 
 def predict_endpoint(client, records, prompts, task, results, *, num_samples, temperature, max_tokens,

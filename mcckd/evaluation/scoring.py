@@ -62,7 +62,7 @@ def predict_batches(model, tokenizer, records, task, on_batch, *, batch_size=16,
         raise ValueError("records: nothing to evaluate")
     task = resolve_task(task)  # an unknown task fails now, not after the generation
     bound = bind_format(tokenizer, prompt_format, encoder_decoder=model.config.is_encoder_decoder)
-    prompts = [bound.prompt_ids(record.question) for record in records]
+    prompts = bound.prompts_ids([record.question for record in records])
     if num_samples == 1 and temperature == 0:
         config = greedy_config(model, tokenizer, max_new_tokens, padding_id(tokenizer),
                                stop_ids=bound.stop_ids)

@@ -83,3 +83,16 @@ def test_prompt_ids_start_every_sequence(tokenizer, records):
     assert prompt[0] == tokenizer.bos_token_id
     assert tokenizer.decode(prompt[1:]) == f"Question: {record.question}\nAnswer:"
     assert all(r.input_ids[:r.target_start] == prompt for r in question.rationales)
+
+
+def test_records_encoded_in_batches_give_the_sequences_of_one_at_a_time(tokenizer, records):
+    empty = Record("q9", "svamp", "What is 2 + 2?", "4", [])
+    many = [*records, empty, *records[::-1]]
+    budget = sorted(len(r.input_ids) for r in tokenize_record(records[0], tokenizer)[0].rationales)[1]
+    alone = [tokenize_record(record, tokenizer, max_length=budget) for record in many]
+    expected = [question for question, _ in alone if question.rationales]
+    for batch_size in (1, 2, len(many)):
+        questions, dropped = tokenize_records(many, tokenizer, max_length=budget, batch_size=batch_size)
+        assert questions == expected
+        assert dropped["rationale too long"] == sum(too_long for _, too_long in alone) > 0
+        assert dropped["question without rationales"] == len(many) - len(expected)
