@@ -12,9 +12,9 @@ mean over the step's target tokens and KL the mean over its answer groups with p
 all its micro-batches and processes (`normalization.py`; train.loss_normalization:
 micro_batch averages each micro-batch's own means instead). Each micro-batch's backward
 carries its share of the step; DDP and FSDP average gradients over processes, so each
-backward is scaled by W. Then gradient clipping, AdamW (no weight decay on vectors: norms,
-biases), and the schedule: linear warmup over `warmup_steps`, then cosine decay from lr
-towards lr * min_lr_ratio (`optim.py`).
+backward is scaled by W. Then gradient clipping, AdamW (fused where it can be; no weight decay
+on vectors: norms, biases), and the schedule: linear warmup over `warmup_steps`, then cosine
+decay from lr towards lr * min_lr_ratio (`optim.py`).
 
 A step's data is a function of its number (`mcckd.data.stream`), which is what lets a resumed
 run continue exactly (`resume.py`). Precision: bf16 autocast on CUDA, fp32 on a CPU. What a
