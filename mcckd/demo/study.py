@@ -7,7 +7,9 @@ one thread each, keeps each seed's demo folder DIR/seed-S/ as it finishes (a rer
 whose metrics.json exists) and writes, per test set, each student's mean accuracy and the paired
 difference MCC-KD - CE with its 95% t-interval over the seeds, and per seed how much each
 student's accuracy changed between its last two curve evaluations (levelled off: within
-PLATEAU_POINTS on both test sets):
+PLATEAU_POINTS on both test sets), and each student's curve averaged over the seeds with the
+mean last change and its 95% t-interval (one seed's greedy answers flicker between nearby
+checkpoints; the mean over seeds shows whether the students as such still improve):
 
     DIR/seed-S/                  one demo folder per seed (metrics.json, report.md, ...)
     DIR/seed-S.log               what a worker process printed for that seed (workers > 1)
@@ -93,11 +95,13 @@ def run_study(out, *, seeds, steps, sizes, workers=1, students_at_once=1):
                      students_at_once=students_at_once)
     else:
         run_in_workers(out, todo, steps, sizes, workers)
-    study = summarize({seed: finished_seed(out / f"seed-{seed}", steps, sizes) for seed in seeds}, steps,
-                      {seed: last_changes(out / f"seed-{seed}") for seed in seeds})
+    folders = [out / f"seed-{seed}" for seed in seeds]
+    study = summarize({seed: finished_seed(folder, steps, sizes) for seed, folder in zip(seeds, folders)},
+                      steps, {seed: last_changes(folder) for seed, folder in zip(seeds, folders)},
+                      mean_curves(folders))
     (out / "study.json").write_text(json.dumps(study, indent=2) + "\n", encoding="utf-8")
     (out / "study.md").write_text(study_report(study), encoding="utf-8")
-    plot_differences(out, study)
+    plot_study(out, study)
     return study
 
 
@@ -133,15 +137,29 @@ def last_changes(folder):
     return changes
 
 
+def mean_curves(folders):
+    """{student: {"steps": the steps every run evaluated at, split: the mean accuracy over the
+    seed folders' runs at each of those steps}}."""
+    curves = {}
+    for name in STUDENTS:
+        runs = [{entry["step"]: entry for entry in read_log(folder, name)[1]} for folder in folders]
+        steps = sorted(set.intersection(*(set(run) for run in runs)))
+        curves[name] = {"steps": steps, **{
+            split: [sum(run[step][f"eval_{split}_accuracy"] for run in runs) / len(runs) for step in steps]
+            for split in SPLITS}}
+    return curves
+
+
 def levelled_off(change):
     """Whether a student's last two evaluations are within PLATEAU_POINTS on every test set."""
     return all(abs(100 * change[split]) <= PLATEAU_POINTS + 1e-9 for split in SPLITS)
 
 
-def summarize(per_seed, steps, changes):
+def summarize(per_seed, steps, changes, curves):
     """study.json: per seed each student's accuracies and the change between its last two curve
     evaluations (`changes`, from `last_changes`); per test set the means and the paired
-    MCC-KD - CE difference (accuracy as a fraction) with its 95% t-interval."""
+    MCC-KD - CE difference (accuracy as a fraction) with its 95% t-interval; each student's
+    mean curve (`curves`, from `mean_curves`) and mean last change with its 95% t-interval."""
     seeds = list(per_seed)
     accuracy = {name: {split: [per_seed[s][name][f"{split}_acc"] for s in seeds] for split in SPLITS}
                 for name in STUDENTS}
@@ -160,6 +178,9 @@ def summarize(per_seed, steps, changes):
                       "environment": per_seed[s].get("environment")} for i, s in enumerate(seeds)],
         "splits": splits,
         "levelled_off": {name: sum(levelled_off(changes[s][name]) for s in seeds) for name in STUDENTS},
+        "mean_curves": curves,
+        "mean_last_change": {name: {split: mean_interval([changes[s][name][split] for s in seeds])
+                                    for split in SPLITS} for name in STUDENTS},
         "environment": environment(),
     }
 
@@ -207,6 +228,21 @@ def plateau_line(study):
             f"distribution): {counts} seeds. The change from the one to the other, in points:")
 
 
+def mean_change_line(study):
+    """Each student's mean last change over the seeds with its interval, and whether the mean
+    curve levelled off."""
+    parts = []
+    for name, (label, _) in STUDENTS.items():
+        changes = study["mean_last_change"][name]
+        cells = ", ".join(f"{points(changes[split]['mean'])} [{points(changes[split]['low'])}, "
+                          f"{points(changes[split]['high'])}] {SPLITS[split]}" for split in SPLITS)
+        level = "levelled off" if levelled_off({split: changes[split]["mean"] for split in SPLITS}) \
+            else "still moving"
+        parts.append(f"{label} {cells} ({level})")
+    return ("The curves averaged over the seeds (study.png, right), last change with its 95% t-interval, "
+            "in points: " + "; ".join(parts) + ".")
+
+
 def study_report(study):
     """study.md."""
     seeds = study["per_seed"]
@@ -234,6 +270,8 @@ def study_report(study):
         "| ---: | ---: | ---: |",
         *[change_row(row) for row in seeds],
         "",
+        mean_change_line(study),
+        "",
         "Each seed's folder `seed-S/` holds its report.md and metrics.json (with the machine it ran on).",
         "",
         "![paired differences](study.png)",
@@ -241,14 +279,15 @@ def study_report(study):
     ])
 
 
-def plot_differences(out, study):
-    """study.png: per test set, each seed's MCC-KD - CE difference with the mean and its interval."""
+def plot_study(out, study):
+    """study.png: per test set, each seed's MCC-KD - CE difference with the mean and its interval;
+    then each student's accuracy curves averaged over the seeds."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(SPLITS), figsize=(10, 4), sharey=True)
+    figure, axes = plt.subplots(1, len(SPLITS) + 1, figsize=(15, 4.2))
     seeds = study["seeds"]
     for axis, (split, label) in zip(axes, SPLITS.items()):
         row, difference = study["splits"][split], study["splits"][split]["mcc_minus_ce"]
@@ -258,11 +297,25 @@ def plot_differences(out, study):
         axis.axhline(0, color="black", linewidth=0.8)
         axis.plot(range(len(seeds)), [100 * d for d in row["differences"]], "o", color="tab:blue",
                   label="one seed")
-        axis.set(title=label, xlabel="seed", xticks=range(len(seeds)), xticklabels=[str(s) for s in seeds])
+        axis.set(title=label, xlabel="seed", xticks=range(len(seeds)), xticklabels=[str(s) for s in seeds],
+                 ylabel="MCC-KD - CE accuracy, points")
         axis.grid(alpha=0.3)
-    axes[0].set_ylabel("MCC-KD - CE accuracy, points")
     axes[0].legend(fontsize=8)
-    figure.suptitle(f"mcckd demo seed study, {study['steps']} steps")
+    plot_mean_curves(axes[-1], study)
+    figure.suptitle(f"mcckd demo seed study, {len(seeds)} seeds, {study['steps']} steps")
     figure.tight_layout()
     figure.savefig(out / "study.png", dpi=110)
     plt.close(figure)
+
+
+def plot_mean_curves(axis, study):
+    """Each student's accuracy on both test sets against the step, averaged over the seeds."""
+    for (name, (label, _)), color in zip(STUDENTS.items(), ("tab:blue", "tab:orange")):
+        curve = study["mean_curves"][name]
+        for split, style in (("id", "-"), ("ood", "--")):
+            axis.plot(curve["steps"], [100 * value for value in curve[split]], style, color=color, marker="o",
+                      label=f"{label}, {SPLITS[split]}")
+    axis.set(title=f"accuracy, mean over {len(study['seeds'])} seeds", xlabel="step", ylabel="%",
+             ylim=(0, 100))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)

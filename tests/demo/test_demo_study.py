@@ -88,3 +88,16 @@ def test_a_run_with_one_evaluation_has_no_change(tmp_path):
     write_run_log(tmp_path, "ce", [(10, 0.4, 0.2)])
     write_run_log(tmp_path, "mcc", [(10, 0.5, 0.1)])
     assert study.last_changes(tmp_path) == {"ce": {"id": 0.0, "ood": 0.0}, "mcc": {"id": 0.0, "ood": 0.0}}
+
+
+def test_mean_curves_average_the_seeds_at_the_steps_they_share(tmp_path):
+    first, second = tmp_path / "seed-0", tmp_path / "seed-1"
+    write_run_log(first, "ce", [(10, 0.2, 0.1), (20, 0.8, 0.3)])
+    write_run_log(first, "mcc", [(10, 0.3, 0.1), (20, 0.7, 0.2)])
+    write_run_log(second, "ce", [(10, 0.4, 0.3), (20, 0.6, 0.5), (30, 0.9, 0.9)])
+    write_run_log(second, "mcc", [(10, 0.5, 0.1), (20, 0.9, 0.4)])
+    curves = study.mean_curves([first, second])
+    assert curves["ce"] == {"steps": [10, 20], "id": [pytest.approx(0.3), pytest.approx(0.7)],
+                            "ood": [pytest.approx(0.2), pytest.approx(0.4)]}
+    assert curves["mcc"] == {"steps": [10, 20], "id": [pytest.approx(0.4), pytest.approx(0.8)],
+                             "ood": [pytest.approx(0.1), pytest.approx(0.3)]}
