@@ -30,7 +30,7 @@ from mcckd.demo.settings import (
 )
 from mcckd.errors import InputError
 from mcckd.evaluation.report import write_report
-from mcckd.evaluation.scoring import evaluate_model, predict, summarize
+from mcckd.evaluation.scoring import predict, summarize
 from mcckd.models.loading import load_checkpoint
 from mcckd.models.word_tokenizer import train_word_tokenizer
 from mcckd.training.config import Config, build, validate
@@ -158,7 +158,7 @@ def student_config(out, name, alpha, steps, seed, data):
                  "max_tokens": MAX_TOKENS, "max_length": MAX_LENGTH},
         "train": {**TRAINING, "out_dir": str(out / "runs" / name), "seed": seed, "max_steps": steps,
                   "warmup_steps": steps // 10, "alpha": alpha},
-        # the runs evaluate through `curve_evaluation`; eval.data only satisfies the config's check
+        # the runs evaluate through `CurveEvaluation`; eval.data only satisfies the config's check
         "eval": {"data": str(data["id"]), "task": demo_task.TASK, "every": curve_every(steps),
                  "batch_size": EVAL_BATCH_SIZE, "max_new_tokens": MAX_NEW_TOKENS},
     }
@@ -167,27 +167,51 @@ def student_config(out, name, alpha, steps, seed, data):
     return config
 
 
-def curve_evaluation(test_sets, n):
-    """The training loop's evaluation hook: accuracy on the first n questions of each test set."""
-    def evaluate(model, tokenizer, step):
-        return {f"{split}_accuracy": evaluate_model(model, tokenizer, records[:n], demo_task.TASK,
-                                                    batch_size=EVAL_BATCH_SIZE,
-                                                    max_new_tokens=MAX_NEW_TOKENS)["accuracy"]
-                for split, records in test_sets.items()}
-    return evaluate
+class CurveEvaluation:
+    """The training loop's evaluation hook: accuracy on the first n questions of each test set.
+    It keeps the prediction rows of its latest evaluation and the step they were made at."""
+
+    def __init__(self, test_sets, n):
+        self.test_sets, self.n = test_sets, n
+        self.step, self.answered = None, {}
+
+    def __call__(self, model, tokenizer, step):
+        self.answered = answer_test_sets(model, tokenizer, self.test_sets, self.n)
+        self.step = step
+        return {f"{split}_accuracy": summarize(rows, demo_task.TASK)["accuracy"]
+                for split, (rows, _) in self.answered.items()}
+
+    def final(self, steps):
+        """`answer_test_sets` of the evaluation after the last step when it took every test
+        question, else None."""
+        whole = all(self.n >= len(records) for records in self.test_sets.values())
+        return self.answered if self.step == steps and whole else None
+
+
+def answer_test_sets(model, tokenizer, test_sets, n=None, *, progress=False):
+    """{split: (prediction rows of its first n questions, seconds)}, answered greedily."""
+    answered = {}
+    for split, records in test_sets.items():
+        started = time.perf_counter()
+        rows = predict(model, tokenizer, records[:n], demo_task.TASK, batch_size=EVAL_BATCH_SIZE,
+                       max_new_tokens=MAX_NEW_TOKENS, progress=progress)
+        answered[split] = rows, time.perf_counter() - started
+    return answered
 
 
 def train_and_evaluate(out, name, alpha, steps, seed, data, test_sets, sizes):
-    """Train one student, keep its final checkpoint as DIR/name, evaluate it on both test sets."""
+    """Train one student, keep its final checkpoint as DIR/name, evaluate it on both test sets
+    (the curve's evaluation after the last step is that evaluation, when it took every question)."""
     config = student_config(out, name, alpha, steps, seed, data)
+    curve = CurveEvaluation(test_sets, sizes.curve)
     started = time.perf_counter()
-    result = train(config, evaluate=curve_evaluation(test_sets, sizes.curve))
+    result = train(config, evaluate=curve)
     train_seconds = time.perf_counter() - started
     folder = keep_model(result["checkpoint"], out / name)
     model, tokenizer = load_checkpoint(folder)
-    summaries = {split: evaluate_checkpoint(model, tokenizer, folder, data[split], records,
-                                            out / "eval" / f"{name}-{split}")
-                 for split, records in test_sets.items()}
+    final = curve.final(steps) or answer_test_sets(model, tokenizer, test_sets, progress=True)
+    summaries = {split: write_evaluation(rows, folder, data[split], seconds, out / "eval" / f"{name}-{split}")
+                 for split, (rows, seconds) in final.items()}
     last = result["metrics"]
     return {
         "alpha": alpha,
@@ -207,14 +231,11 @@ def keep_model(checkpoint, folder):
     return folder
 
 
-def evaluate_checkpoint(model, tokenizer, folder, data_path, records, report_dir):
-    """`mcckd eval --model folder --data data_path` with the demo's batch size and length:
-    writes its report to report_dir and returns its summary, with "acc" = the accuracy."""
-    started = time.perf_counter()
-    rows = predict(model, tokenizer, records, demo_task.TASK, batch_size=EVAL_BATCH_SIZE,
-                   max_new_tokens=MAX_NEW_TOKENS, progress=True)
+def write_evaluation(rows, folder, data_path, seconds, report_dir):
+    """The report `mcckd eval --model folder --data data_path` writes for these prediction rows
+    (made in `seconds`), written to report_dir; returns its summary, with "acc" = the accuracy."""
     summary = {**summarize(rows, demo_task.TASK), "model": str(folder), "data": str(data_path),
-               "max_new_tokens": MAX_NEW_TOKENS, "seconds": round(time.perf_counter() - started, 3)}
+               "max_new_tokens": MAX_NEW_TOKENS, "seconds": round(seconds, 3)}
     write_report(report_dir, rows, summary)
     return {**summary, "acc": summary["accuracy"]}
 

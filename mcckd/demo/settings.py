@@ -21,7 +21,7 @@ MAX_TOKENS = K * MAX_LENGTH
 # Large enough that BPE merges every word and number of the training text into one token: a
 # number is one symbol, so copying it and adding are what the student learns, not digit carries.
 VOCAB_SIZE = 1024
-EVAL_BATCH_SIZE = 100
+EVAL_BATCH_SIZE = 500  # the whole of a test set: 10% faster than 100 a batch, the same answers
 MAX_NEW_TOKENS = 96  # the longest training target (rationale, answer sentence) is about 75 tokens
 CURVE_POINTS = 7  # evaluations during each run, for the accuracy curves
 PLATEAU_POINTS = 2  # a student has levelled off when its last two evaluations are this close
@@ -30,7 +30,7 @@ PLATEAU_POINTS = 2  # a student has levelled off when its last two evaluations a
 class Sizes:
     """How many questions each part of the demo uses."""
 
-    train: int = 5000  # each seen 1.4 times in 7000 steps
+    train: int = 7000  # each seen once in 7000 steps
     test: int = 500  # in each test set
     curve: int = 500  # of each test set, evaluated CURVE_POINTS times during training
     teacher_samples: int = 8  # rationales the teacher writes per training question

@@ -6,6 +6,7 @@ import io
 import json
 import re
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,21 +15,22 @@ from transformers import AutoTokenizer
 
 from mcckd.cli import main
 from mcckd.data import extract_answer, read_records
-from mcckd.demo import command, settings
+from mcckd.demo import command, runner, settings
 from mcckd.demo.intervals import mean_interval
 from mcckd.demo.report import difference_line, read_log, results_table
 from mcckd.demo.study import levelled_off, summary_table
 
-SMALL = settings.Sizes(train=48, test=12, curve=4, teacher_samples=8)
+SMALL = settings.Sizes(train=48, test=12, curve=12, teacher_samples=8)
 STEPS, SEED = 2, 3
 TIMINGS = ("seconds", "train_seconds")
+RESULTS = ("id_acc", "ood_acc", "id_correct", "ood_correct", "final_loss")
 
 
-def small_demo(*arguments, threads=1):
+def small_demo(*arguments, threads=1, sizes=SMALL):
     """What `mcckd demo ... --steps STEPS --threads THREADS` printed, with the small sizes."""
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
-        patch.setattr(command, "SIZES", SMALL)
+        patch.setattr(command, "SIZES", sizes)
         assert main(["demo", *arguments, "--steps", str(STEPS), "--threads", str(threads)]) == 0
     return printed.getvalue()
 
@@ -144,6 +146,30 @@ def test_mcckd_eval_reproduces_the_demo_accuracy(finished, tmp_path):
     assert generated == [row["generated"] for row in jsonl(out / "eval" / "mcc-id" / "predictions.jsonl")]
 
 
+def test_a_curve_on_part_of_the_test_sets_is_followed_by_an_evaluation_of_all(finished, tmp_path):
+    out, metrics, _ = finished  # its curve's last evaluation, after the last step, took every question
+    part = tmp_path / "part"
+    small_demo("--out", str(part), "--seed", str(SEED), sizes=replace(SMALL, curve=4))
+    again = json.loads((part / "metrics.json").read_text())
+    assert again["task"]["curve_questions"] == 4
+    for name in settings.STUDENTS:
+        assert [again[name][f"{split}_n"] for split in settings.SPLITS] == [SMALL.test] * 2
+        assert {key: again[name][key] for key in RESULTS} == {key: metrics[name][key] for key in RESULTS}
+        for split in settings.SPLITS:
+            rows = jsonl(part / "eval" / f"{name}-{split}" / "predictions.jsonl")
+            assert rows == jsonl(out / "eval" / f"{name}-{split}" / "predictions.jsonl")
+
+
+def test_the_evaluation_after_the_last_step_is_not_repeated(tmp_path, monkeypatch):
+    questions = []
+    answer = runner.predict
+    monkeypatch.setattr(runner, "predict", lambda *args, **kwargs: questions.append(len(args[2]))
+                        or answer(*args, **kwargs))
+    small_demo("--out", str(tmp_path / "out"), "--seed", str(SEED))
+    # each student: an evaluation of both test sets after every step (curve_every(2) = 1), no more
+    assert questions == [SMALL.test] * (len(settings.STUDENTS) * STEPS * len(settings.SPLITS))
+
+
 def test_a_folder_in_use_is_refused(finished, capsys):
     out, _, _ = finished
     assert main(["demo", "--out", str(out), "--steps", "1"]) == 2
@@ -209,10 +235,20 @@ def test_a_seed_study_keeps_a_finished_seed_and_pairs_the_students(finished, tmp
     rows = study["per_seed"]
     assert study["levelled_off"] == {name: sum(levelled_off(row["last_change"][name]) for row in rows)
                                      for name in settings.STUDENTS}
+    for name in settings.STUDENTS:
+        curve = study["mean_curves"][name]
+        assert curve["steps"] == list(range(1, STEPS + 1))
+        runs = [read_log(study_dir / f"seed-{seed}", name)[1] for seed in (SEED, SEED + 1)]
+        for split in settings.SPLITS:
+            assert curve[split] == [pytest.approx(sum(run[i][f"eval_{split}_accuracy"] for run in runs) / 2)
+                                    for i in range(STEPS)]
+            changes = [row["last_change"][name][split] for row in rows]
+            assert study["mean_last_change"][name][split] == mean_interval(changes)
     table = summary_table(study)
     assert table in printed and table in (study_dir / "study.md").read_text()
     report = (study_dir / "study.md").read_text()
     assert "Levelled off (the last two curve evaluations within 2 points" in report
+    assert "The curves averaged over the seeds (study.png, right)" in report
     assert (study_dir / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     small_demo("--out", str(study_dir), "--seeds", f"{SEED}-{SEED + 1}")  # resumed: both seeds kept
     assert json.loads((study_dir / f"seed-{SEED + 1}" / "metrics.json").read_text()) == second
