@@ -3,7 +3,6 @@ import math
 
 import torch
 
-
 FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused AdamW kernel runs
 
 
