@@ -186,8 +186,8 @@ def summarize(per_seed, steps, changes, curves):
 
 
 def points(value):
-    """A fraction as signed percentage points, "+3.2"."""
-    return f"{100 * value:+.1f}"
+    """A fraction as signed percentage points, "+3.2" ("+0.0", never "-0.0")."""
+    return f"{round(100 * value, 1) + 0.0:+.1f}"
 
 
 def summary_table(study):

@@ -101,3 +101,9 @@ def test_mean_curves_average_the_seeds_at_the_steps_they_share(tmp_path):
                             "ood": [pytest.approx(0.2), pytest.approx(0.4)]}
     assert curves["mcc"] == {"steps": [10, 20], "id": [pytest.approx(0.4), pytest.approx(0.8)],
                              "ood": [pytest.approx(0.1), pytest.approx(0.3)]}
+
+
+@pytest.mark.parametrize(("fraction", "text"),
+                         [(0.0314, "+3.1"), (-0.05, "-5.0"), (-0.0004, "+0.0"), (0.0, "+0.0")])
+def test_points_are_signed_and_never_minus_zero(fraction, text):
+    assert study.points(fraction) == text
