@@ -37,6 +37,7 @@ MIXED_NUMBER = re.compile(r"(?<![\d.,])(\d+)\s*\\[dt]?frac\s*\{\s*(\d+)\s*\}\s*\
 DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\degree\b")
 THOUSANDS_SPACE = re.compile(r"(?<=\d)\\[,!]\s*(?=\d{3}(?!\d))")
 CONTROL = re.compile(r"\\([A-Za-z]+|.)", re.DOTALL)
+LATEX_MARKUP = re.compile(r"[\\{}]")  # what convert_latex acts on: commands and braces
 UNWRAPPED = {"text", "textbf", "textit", "textrm", "textup", "mathrm", "mathbf", "mathit", "mathsf",
              "mbox", "emph", "operatorname", "boxed", "fbox"}
 FRACTIONS = {"frac", "dfrac", "tfrac", "cfrac"}
@@ -152,6 +153,8 @@ def mixed_number(match):
 
 def convert_latex(text):
     """One left-to-right pass over `text`: commands unwrapped or replaced, braces dropped."""
+    if not LATEX_MARKUP.search(text):  # nothing to convert (most rationales): one search, no loop
+        return text
     out, position = [], 0
     while position < len(text):
         char = text[position]

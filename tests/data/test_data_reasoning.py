@@ -41,6 +41,8 @@ TASK_FILES = {"mmlu-pro": HERE / "tasks" / "mmlu-pro.yaml", "capital": HERE / "t
     (r"\left(3\right)", "(3)"),
     (r"x = 5\,\text{km}", "x = 5 km"),
     ("plain text, untouched", "plain text, untouched"),
+    ("{5} apples", "5 apples"),  # braces alone are markup too
+    ("a back\\", "a back\\"),  # a backslash that ends the text stays
 ])
 def test_latex_to_text(latex, text):
     assert latex_to_text(latex) == text
