@@ -71,8 +71,8 @@ def report(metrics):
             f"- Test sets: {task['test_questions']} new questions each, in the question frames of the "
             "training data (in-distribution) or in held-out ones (out-of-distribution). Greedy decoding, "
             f"at most {ev['max_new_tokens']} new tokens. Training time includes an evaluation every "
-            f"{curve_every(metrics['steps'])} steps on {task['curve_questions']} questions of each test "
-            "set (the curves).",
+            f"{curve_every(metrics['steps'])} steps and after the last, on {task['curve_questions']} "
+            "questions of each test set (the curves).",
             f"- The teacher wrote {task['teacher_rationales']} rationales; prepare dropped "
             + ", ".join(f"{count} ({reason})" for reason, count in task["rationales_dropped"].items())
             + ".",

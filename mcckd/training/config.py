@@ -111,7 +111,7 @@ class EvalConfig:
     question_field: str | None = None  # as data.question_field, for eval.data
     answer_field: str | None = None
     split: str | None = None
-    every: int = 0  # steps between evaluations (0: none)
+    every: int = 0  # steps between evaluations, and one after the last step (0: none)
     limit: int | None = None  # evaluate the first `limit` records only
     batch_size: int = 16
     max_new_tokens: int = 256

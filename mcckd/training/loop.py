@@ -166,7 +166,8 @@ def run_training(config: Config, rt: Runtime, resume: bool | str, evaluate) -> d
                 )
             log.write(metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.2e}")
-        if evaluate is not None and config.eval.every and step % config.eval.every == 0:
+        if evaluate is not None and config.eval.every and (step % config.eval.every == 0
+                                                            or step == total_steps):
             run_evaluation(evaluate, student, step, rt, log)
         if (cfg.save_every and step % cfg.save_every == 0) or step == total_steps:
             saved = save_run_checkpoint(

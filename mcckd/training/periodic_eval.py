@@ -1,4 +1,5 @@
-"""Evaluation during training: every eval.every steps on rank 0, the other ranks waiting."""
+"""Evaluation during training: every eval.every steps and after the last step, on rank 0, the
+other ranks waiting."""
 import contextlib
 
 import torch.distributed as dist

@@ -22,7 +22,7 @@ def test_the_loss_falls_and_the_run_writes_its_files(records_path, tmp_path):
     out = tmp_path / "run"
     tree = settings(records_path, out, max_steps=60, warmup_steps=3, save_every=20, keep_last=2, lr=1e-2,
                     report_to=["jsonl", "tensorboard"], alpha=0.5)
-    tree["eval"] = {"data": str(records_path), "every": 60, "limit": 4, "max_new_tokens": 8}
+    tree["eval"] = {"data": str(records_path), "every": 25, "limit": 4, "max_new_tokens": 8}
     result = train(load_config(config_of(tree, tmp_path)))
     logged = metrics(out)
     steps = [m for m in logged if "loss" in m]
@@ -32,8 +32,9 @@ def test_the_loss_falls_and_the_run_writes_its_files(records_path, tmp_path):
         assert m["loss"] == pytest.approx(m["ce"] + 0.5 * m["kl"], rel=1e-5)
         assert m["kl"] >= 0 and m["tokens_per_s"] > 0 and m["peak_mem_mb"] > 0 and m["grad_norm"] > 0
     assert steps[0]["lr"] == pytest.approx(1e-2 / 3) and steps[2]["lr"] == pytest.approx(1e-2)
-    (evaluation,) = [m for m in logged if "eval_accuracy" in m]
-    assert evaluation["step"] == 60 and evaluation["eval_n"] == 4 and 0 <= evaluation["eval_accuracy"] <= 1
+    evaluations = [m for m in logged if "eval_accuracy" in m]
+    assert [m["step"] for m in evaluations] == [25, 50, 60]  # every 25 steps, and after the last
+    assert all(m["eval_n"] == 4 and 0 <= m["eval_accuracy"] <= 1 for m in evaluations)
     assert result["checkpoint"] == checkpoint_path(out, 60) == latest_checkpoint(out)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000040", "step-000060"]
     files = {p.name for p in result["checkpoint"].iterdir()}
