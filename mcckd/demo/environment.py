@@ -117,6 +117,7 @@ def environment(students_at_once: int = 1) -> dict:
         "students_at_once": students_at_once,
         "interop_threads": torch.get_num_interop_threads(),
         "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the ISA torch's kernels use
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "mcckd": mcckd.__version__,

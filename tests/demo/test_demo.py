@@ -182,8 +182,9 @@ def test_the_environment_is_recorded(finished):
     assert printed.startswith("torch threads: 1 (--threads): one student at a time, 1 thread each\n")
     assert environment["threads"] == 1 and environment["torch"] == torch.__version__
     assert environment["students_at_once"] == 1
-    assert set(environment) == {"torch", "threads", "interop_threads", "students_at_once", "cpu", "platform",
-                                "python", "mcckd"}
+    assert environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert set(environment) == {"torch", "threads", "interop_threads", "students_at_once", "cpu",
+                                "cpu_capability", "platform", "python", "mcckd"}
 
 
 def test_a_second_run_gives_the_same_numbers(finished, tmp_path):
