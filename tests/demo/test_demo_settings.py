@@ -1,4 +1,4 @@
-"""The demo's curve cadence: CURVE_POINTS evaluations, the last two a full spacing apart."""
+"""The demo's curve cadence: CURVE_POINTS evaluations, the last two about a spacing apart."""
 import pytest
 
 from mcckd.demo.settings import CURVE_POINTS, STEPS, curve_every
