@@ -38,7 +38,7 @@ from transformers.utils import logging as transformers_logging
 
 from mcckd.arguments import non_negative_int, positive_int
 from mcckd.demo.environment import MAX_THREADS, free_cores, set_threads, thread_plan
-from mcckd.demo.report import difference_line, results_table
+from mcckd.demo.report import difference_line, levelled_line, results_table
 from mcckd.demo.runner import run_demo
 from mcckd.demo.settings import SEED, SIZES, STEPS
 from mcckd.demo.study import parse_seeds, run_study, summary_table
@@ -103,8 +103,8 @@ def run(args):
                        students_at_once=at_once)
     print()
     print(results_table(metrics))
-    print(f"\n{difference_line(metrics)}\nwrote {args.out}/ (report.md, metrics.json, curves.png) "
-          f"in {metrics['seconds'] / 60:.1f} minutes")
+    print(f"\n{difference_line(metrics)}\n{levelled_line(metrics)}")
+    print(f"wrote {args.out}/ (report.md, metrics.json, curves.png) in {metrics['seconds'] / 60:.1f} minutes")
     return 0
 
 

@@ -2,7 +2,7 @@
 import json
 
 from mcckd.demo import task as demo_task
-from mcckd.demo.settings import SPLITS, STUDENTS, K, curve_every
+from mcckd.demo.settings import PLATEAU_POINTS, SPLITS, STUDENTS, K, curve_every
 
 
 def percent(metrics, name, split):
@@ -40,6 +40,42 @@ def difference_line(metrics):
     return f"MCC-KD minus CE, seed {metrics['seed']}, one run each: " + ", ".join(parts) + "."
 
 
+def last_changes(folder):
+    """{student: {split: accuracy at the last curve evaluation minus at the one before}} of
+    the demo folder's runs (fractions; 0.0 with fewer than two evaluations)."""
+    changes = {}
+    for name in STUDENTS:
+        _, evaluations = read_log(folder, name)
+        previous, last = evaluations[max(len(evaluations) - 2, 0)], evaluations[-1]
+        changes[name] = {split: last[f"eval_{split}_accuracy"] - previous[f"eval_{split}_accuracy"]
+                         for split in SPLITS}
+    return changes
+
+
+def levelled_off(change):
+    """Whether a student's last two evaluations are within PLATEAU_POINTS on every test set."""
+    return all(abs(100 * change[split]) <= PLATEAU_POINTS + 1e-9 for split in SPLITS)
+
+
+def points(value):
+    """A fraction as signed percentage points, "+3.2" ("+0.0", never "-0.0")."""
+    return f"{round(100 * value, 1) + 0.0:+.1f}"
+
+
+def change_cells(change):
+    """A student's change between its last two evaluations, in and out of distribution."""
+    return " / ".join(points(change[split]) for split in SPLITS)
+
+
+def levelled_line(metrics):
+    """Whether each student levelled off, with its last change in / out of distribution in points
+    (metrics["last_change"], from `last_changes`)."""
+    parts = [f"{label} {'yes' if levelled_off(metrics['last_change'][name]) else 'no'} "
+             f"({change_cells(metrics['last_change'][name])})" for name, (label, _) in STUDENTS.items()]
+    return (f"Levelled off (the last two curve evaluations within {PLATEAU_POINTS} points in and out of "
+            "distribution; the changes in points): " + ", ".join(parts) + ".")
+
+
 def micro_batches(count):
     """ "one micro-batch", "4 micro-batches"."""
     return "one micro-batch" if count == 1 else f"{count} micro-batches"
@@ -58,6 +94,7 @@ def report(metrics):
             results_table(metrics),
             "",
             difference_line(metrics),
+            levelled_line(metrics),
             "Each student learns to solve the problems, rather than only to write like the teacher, in a "
             "fairly sudden phase (see the curves) whose step moves with the seed; one run each says little "
             "about MCC-KD against CE, and its numbers change with the machine (see metrics.json's "

@@ -14,7 +14,7 @@ from mcckd.data import prepare_records, read_records, write_records
 from mcckd.data.records import record_texts
 from mcckd.demo import task as demo_task
 from mcckd.demo.environment import environment, start_worker
-from mcckd.demo.report import plot_curves, report
+from mcckd.demo.report import last_changes, plot_curves, report
 from mcckd.demo.settings import (
     EVAL_BATCH_SIZE,
     MAX_LENGTH,
@@ -54,6 +54,7 @@ def run_demo(out, *, steps, seed, sizes, students_at_once=1):
         "task": task_summary(data, sizes),
         **results,
         "mcc_minus_ce": {key: results["mcc"][key] - results["ce"][key] for key in ("id_acc", "ood_acc")},
+        "last_change": last_changes(out),
         "seed": seed,
         "steps": steps,
         "student": {**STUDENT, "parameters": results["ce"]["parameters"]},

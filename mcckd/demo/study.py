@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from mcckd.demo.environment import environment, start_worker
 from mcckd.demo.intervals import MAX_SAMPLES, mean_interval
-from mcckd.demo.report import read_log
+from mcckd.demo.report import change_cells, last_changes, levelled_off, points, read_log
 from mcckd.demo.runner import logged_call, run_demo
 from mcckd.demo.settings import PLATEAU_POINTS, SPLITS, STUDENTS
 from mcckd.errors import InputError
@@ -125,18 +125,6 @@ def run_logged(out, seed, steps, sizes):
                        sizes=sizes)
 
 
-def last_changes(folder):
-    """{student: {split: accuracy at the last curve evaluation minus at the one before}} of
-    the seed folder's runs (fractions; 0.0 with fewer than two evaluations)."""
-    changes = {}
-    for name in STUDENTS:
-        _, evaluations = read_log(folder, name)
-        previous, last = evaluations[max(len(evaluations) - 2, 0)], evaluations[-1]
-        changes[name] = {split: last[f"eval_{split}_accuracy"] - previous[f"eval_{split}_accuracy"]
-                         for split in SPLITS}
-    return changes
-
-
 def mean_curves(folders):
     """{student: {"steps": the steps every run evaluated at, split: the mean accuracy over the
     seed folders' runs at each of those steps}}."""
@@ -148,11 +136,6 @@ def mean_curves(folders):
             split: [sum(run[step][f"eval_{split}_accuracy"] for run in runs) / len(runs) for step in steps]
             for split in SPLITS}}
     return curves
-
-
-def levelled_off(change):
-    """Whether a student's last two evaluations are within PLATEAU_POINTS on every test set."""
-    return all(abs(100 * change[split]) <= PLATEAU_POINTS + 1e-9 for split in SPLITS)
 
 
 def summarize(per_seed, steps, changes, curves):
@@ -185,11 +168,6 @@ def summarize(per_seed, steps, changes, curves):
     }
 
 
-def points(value):
-    """A fraction as signed percentage points, "+3.2" ("+0.0", never "-0.0")."""
-    return f"{round(100 * value, 1) + 0.0:+.1f}"
-
-
 def summary_table(study):
     """The study's result as a markdown table, one row per test set."""
     lines = ["| test set | CE only | MCC-KD | MCC-KD - CE (mean) | 95% t-interval |",
@@ -206,11 +184,6 @@ def seed_cells(row, split):
     """One seed's CE, MCC-KD and difference cells of study.md on one test set."""
     ce, mcc = row["ce"][split], row["mcc"][split]
     return f"{100 * ce:.1f}% | {100 * mcc:.1f}% | {points(mcc - ce)}"
-
-
-def change_cells(change):
-    """A student's change between its last two evaluations, in and out of distribution."""
-    return " / ".join(points(change[split]) for split in SPLITS)
 
 
 def change_row(row):

@@ -17,7 +17,7 @@ from mcckd.cli import main
 from mcckd.data import extract_answer, read_records
 from mcckd.demo import command, runner, settings
 from mcckd.demo.intervals import mean_interval
-from mcckd.demo.report import difference_line, read_log, results_table
+from mcckd.demo.report import difference_line, levelled_line, read_log, results_table
 from mcckd.demo.study import levelled_off, summary_table
 
 SMALL = settings.Sizes(train=48, test=12, curve=12, teacher_samples=8)
@@ -86,6 +86,19 @@ def test_metrics_hold_both_students_on_both_test_sets(finished):
             assert student[f"{split}_acc"] == summary["accuracy"] == student[f"{split}_correct"] / SMALL.test
     assert metrics["mcc_minus_ce"]["id_acc"] == metrics["mcc"]["id_acc"] - metrics["ce"]["id_acc"]
     assert metrics["task"]["train_questions"] == len(read_records(out / "data" / "train.jsonl"))
+
+
+def test_each_students_last_change_is_recorded_and_reported(finished):
+    out, metrics, printed = finished
+    for name in settings.STUDENTS:
+        _, evaluations = read_log(out, name)
+        previous, last = evaluations[-2:]
+        assert (previous["step"], last["step"]) == (STEPS - 1, STEPS)
+        change = {split: last[f"eval_{split}_accuracy"] - previous[f"eval_{split}_accuracy"]
+                  for split in settings.SPLITS}
+        assert metrics["last_change"][name] == change
+    line = levelled_line(metrics)
+    assert line in printed and line in (out / "report.md").read_text()
 
 
 def test_the_students_read_every_number_as_one_token(finished):

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from mcckd import cli
-from mcckd.demo import command, settings, study
+from mcckd.demo import command, report, settings, study
 
 SMALL = settings.Sizes(train=48, test=12, curve=4, teacher_samples=8)
 
@@ -76,18 +76,25 @@ def write_run_log(folder, name, evaluations):
 def test_last_changes_are_read_from_the_runs_logs(tmp_path):
     write_run_log(tmp_path, "ce", [(10, 0.2, 0.1), (20, 0.80, 0.30), (30, 0.81, 0.27)])
     write_run_log(tmp_path, "mcc", [(10, 0.3, 0.1), (20, 0.70, 0.20), (30, 0.75, 0.21)])
-    changes = study.last_changes(tmp_path)
+    changes = report.last_changes(tmp_path)
     assert changes["ce"] == {"id": pytest.approx(0.01), "ood": pytest.approx(-0.03)}
     assert changes["mcc"] == {"id": pytest.approx(0.05), "ood": pytest.approx(0.01)}
-    assert not study.levelled_off(changes["ce"])  # out of distribution -3 points
-    assert not study.levelled_off(changes["mcc"])
-    assert study.levelled_off({"id": -0.02, "ood": 0.0133})
+    assert not report.levelled_off(changes["ce"])  # out of distribution -3 points
+    assert not report.levelled_off(changes["mcc"])
+    assert report.levelled_off({"id": -0.02, "ood": 0.0133})
+
+
+def test_the_levelled_line_names_each_students_verdict_and_changes():
+    metrics = {"last_change": {"ce": {"id": 0.01, "ood": -0.03}, "mcc": {"id": -0.0004, "ood": 0.02}}}
+    assert report.levelled_line(metrics) == (
+        "Levelled off (the last two curve evaluations within 2 points in and out of distribution; the "
+        "changes in points): CE only no (+1.0 / -3.0), MCC-KD yes (+0.0 / +2.0).")
 
 
 def test_a_run_with_one_evaluation_has_no_change(tmp_path):
     write_run_log(tmp_path, "ce", [(10, 0.4, 0.2)])
     write_run_log(tmp_path, "mcc", [(10, 0.5, 0.1)])
-    assert study.last_changes(tmp_path) == {"ce": {"id": 0.0, "ood": 0.0}, "mcc": {"id": 0.0, "ood": 0.0}}
+    assert report.last_changes(tmp_path) == {"ce": {"id": 0.0, "ood": 0.0}, "mcc": {"id": 0.0, "ood": 0.0}}
 
 
 def test_mean_curves_average_the_seeds_at_the_steps_they_share(tmp_path):
@@ -106,4 +113,4 @@ def test_mean_curves_average_the_seeds_at_the_steps_they_share(tmp_path):
 @pytest.mark.parametrize(("fraction", "text"),
                          [(0.0314, "+3.1"), (-0.05, "-5.0"), (-0.0004, "+0.0"), (0.0, "+0.0")])
 def test_points_are_signed_and_never_minus_zero(fraction, text):
-    assert study.points(fraction) == text
+    assert report.points(fraction) == text
