@@ -1,4 +1,5 @@
-"""The demo's results table, report.md and curves.png."""
+"""The demo's results table, report.md and curves.png, and each student's change between its last
+two curve evaluations (whether it levelled off)."""
 import json
 
 from mcckd.demo import task as demo_task

@@ -6,7 +6,9 @@ boxes of 4 apples"). Taken in order, the events are two or three arithmetic step
 two: a product, then a sum). The start always covers every loss, so the events can be taken in
 any order without going below zero. The question is written in one of several frames: the
 in-distribution frames (`ID_FRAMES`) train and test the students, the held-out frames
-(`OOD_FRAMES`) put the same facts in sentence structures and tenses they never saw.
+(`OOD_FRAMES`) put the same facts in sentence orders they never saw, made only of the words and
+clauses of the training questions: every token of a held-out question is one that training
+reads, so no answer depends on an embedding that no gradient has touched.
 
 The teacher is a program that writes, for one question, rationales as a model teacher samples
 them: four strategies with different step orders and intermediate quantities (the events in
@@ -126,31 +128,38 @@ def frame_shelf(p):
     )
 
 
-def frame_first_next(p):
+def first_next(p, subject):
+    """ "First {subject} buys 3 more. Next he gives 2 to Ana."."""
     first, *rest = phrases(p, "present")
-    following = "".join(f" Next {p.he} {phrase}." for phrase in rest)
-    return (f"{p.name} starts with {p.start} {p.items}. First {p.he} {first}.{following} "
+    return f"First {subject} {first}." + "".join(f" Next {p.he} {phrase}." for phrase in rest)
+
+
+def frame_first_next(p):
+    return (f"{p.name} starts with {p.start} {p.items}. {first_next(p, p.he)} "
             f"How many {p.items} does {p.he} end with?")
 
 
 def frame_start_last(p):
-    return (f"{p.name} {joined(phrases(p, 'past'))}. {p.He} had {p.start} {p.items} before that. "
-            f"How many {p.items} does {p.he} have now?")
+    """The events first, the start after them."""
+    return (f"{p.name} {', then '.join(phrases(p, 'present'))}. {p.He} starts with {p.start} {p.items}. "
+            f"How many {p.items} does {p.he} end with?")
 
 
 def frame_question_first(p):
-    return (f"How many {p.items} does {p.name} have if {p.he} starts with {p.start} {p.items}, "
-            f"{joined(phrases(p, 'present'), 'and then')}?")
+    """The question first, the facts after it."""
+    return (f"How many {p.items} does {p.name} have now? {p.name} has {p.start} {p.items}. "
+            f"{p.He} {joined(phrases(p, 'present'))}.")
 
 
-def frame_past(p):
-    first, *rest = phrases(p, "past")
-    then = "".join(f" Then {p.he} {phrase}." for phrase in rest)
-    return f"{p.name} had {p.start} {p.items}. {p.He} {first}.{then} How many {p.items} does {p.he} have now?"
+def frame_shelf_first_next(p):
+    """The opening and question of `shelf` around the events of `first_next`."""
+    return (f"There are {p.start} {p.items} on {p.name}'s shelf. {first_next(p, p.name)} "
+            f"How many {p.items} are on the shelf now?")
 
 
 ID_FRAMES = {"then": frame_then, "and": frame_and, "shelf": frame_shelf, "first_next": frame_first_next}
-OOD_FRAMES = {"start_last": frame_start_last, "question_first": frame_question_first, "past": frame_past}
+OOD_FRAMES = {"start_last": frame_start_last, "question_first": frame_question_first,
+              "shelf_first_next": frame_shelf_first_next}
 FRAMES = {**ID_FRAMES, **OOD_FRAMES}
 
 

@@ -7,6 +7,10 @@ from dataclasses import replace
 import pytest
 
 from mcckd.data import extract_answer, prepare_records
+from mcckd.data.prompts import PLAIN, bind_format
+from mcckd.data.records import record_texts
+from mcckd.data.tokenize import tokenize_with
+from mcckd.demo.settings import VOCAB_SIZE
 from mcckd.demo.task import (
     FRAMES,
     ID_FRAMES,
@@ -18,6 +22,7 @@ from mcckd.demo.task import (
     teacher_rationales,
     to_record,
 )
+from mcckd.models.word_tokenizer import train_word_tokenizer
 
 
 def numbers(text):
@@ -106,3 +111,22 @@ def test_prepare_keeps_diverse_correct_rationales(problems):
         assert 2 <= len(record.rationales) <= 4
         assert all(extract_answer(text, TASK) == record.answer for text in record.rationales)
         assert not any("answer is" in text for text in record.rationales)  # the closing sentence is stripped
+
+
+def test_held_out_questions_read_only_tokens_that_training_reads():
+    """Every token of a held-out question's prompt occurs in the training sequences (prompt and
+    rationale, the demo's tokenizer fitted to the training text), so no held-out answer hangs on
+    an embedding that training never updates; the held-out questions still differ from them."""
+    rng = random.Random(3)
+    train = make_problems(rng, 400, ID_FRAMES)
+    held_out = make_problems(rng, 200, OOD_FRAMES)
+    records = [to_record(p, f"train-{i}", teacher_rationales(p, rng)) for i, p in enumerate(train)]
+    tokenizer = train_word_tokenizer(record_texts(records), VOCAB_SIZE, split_digits=False)
+    prompts = bind_format(tokenizer, PLAIN)
+    trained = {token for record in records for rationale in tokenize_with(record, prompts)[0].rationales
+               for token in rationale.input_ids}
+    for p in held_out:
+        unread = set(prompts.prompt_ids(p.question)) - trained
+        assert not unread, (p.question, tokenizer.convert_ids_to_tokens(sorted(unread)))
+    assert {p.frame for p in held_out} == set(OOD_FRAMES)
+    assert not {p.question for p in held_out} & {p.question for p in train}
