@@ -45,7 +45,7 @@ def run_demo(out, *, steps, seed, sizes, students_at_once=1):
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out} exists and is not an empty folder: remove it or pass another --out")
     data = write_data(out / "data", seed, sizes)
-    write_tokenizer(out / "tokenizer", read_records(data["train"]))
+    students_tokenizer(read_records(data["train"])).save_pretrained(out / "tokenizer")
     test_sets = {split: read_records(data[split]) for split in SPLITS}
     jobs = {name: (out, name, alpha, steps, seed, paths_of(data), test_sets, sizes)
             for name, (_, alpha) in STUDENTS.items()}
@@ -145,10 +145,10 @@ def write_data(folder, seed, sizes):
     return {**paths, "prepare": prepare_report}
 
 
-def write_tokenizer(folder, records):
-    """The students' tokenizer, trained on the training text as `mcckd train` would train it,
-    but with whole numbers."""
-    train_word_tokenizer(record_texts(records), VOCAB_SIZE, split_digits=False).save_pretrained(folder)
+def students_tokenizer(records):
+    """The students' tokenizer, fitted to the records' text as `mcckd train` would fit it, but
+    with whole numbers."""
+    return train_word_tokenizer(record_texts(records), VOCAB_SIZE, split_digits=False)
 
 
 def student_config(out, name, alpha, steps, seed, data):

@@ -8,9 +8,8 @@ import pytest
 
 from mcckd.data import extract_answer, prepare_records
 from mcckd.data.prompts import PLAIN, bind_format
-from mcckd.data.records import record_texts
 from mcckd.data.tokenize import tokenize_with
-from mcckd.demo.settings import VOCAB_SIZE
+from mcckd.demo.runner import students_tokenizer
 from mcckd.demo.task import (
     FRAMES,
     ID_FRAMES,
@@ -22,7 +21,6 @@ from mcckd.demo.task import (
     teacher_rationales,
     to_record,
 )
-from mcckd.models.word_tokenizer import train_word_tokenizer
 
 
 def numbers(text):
@@ -115,13 +113,13 @@ def test_prepare_keeps_diverse_correct_rationales(problems):
 
 def test_held_out_questions_read_only_tokens_that_training_reads():
     """Every token of a held-out question's prompt occurs in the training sequences (prompt and
-    rationale, the demo's tokenizer fitted to the training text), so no held-out answer hangs on
+    rationale, the students' tokenizer fitted to the training text), so no held-out answer hangs on
     an embedding that training never updates; the held-out questions still differ from them."""
     rng = random.Random(3)
     train = make_problems(rng, 400, ID_FRAMES)
     held_out = make_problems(rng, 200, OOD_FRAMES)
     records = [to_record(p, f"train-{i}", teacher_rationales(p, rng)) for i, p in enumerate(train)]
-    tokenizer = train_word_tokenizer(record_texts(records), VOCAB_SIZE, split_digits=False)
+    tokenizer = students_tokenizer(records)
     prompts = bind_format(tokenizer, PLAIN)
     trained = {token for record in records for rationale in tokenize_with(record, prompts)[0].rationales
                for token in rationale.input_ids}
