@@ -120,12 +120,14 @@ def frame_and(p):
             f"How many {p.items} does {p.he} have now?")
 
 
+def events_then(p):
+    """ "Tom buys 3 more, then gives 2 to Ana"."""
+    return f"{p.name} {', then '.join(phrases(p, 'present'))}"
+
+
 def frame_shelf(p):
-    return (
-        f"There are {p.start} {p.items} on {p.name}'s shelf. "
-        f"{p.name} {', then '.join(phrases(p, 'present'))}. "
-        f"How many {p.items} are on the shelf now?"
-    )
+    return (f"There are {p.start} {p.items} on {p.name}'s shelf. {events_then(p)}. "
+            f"How many {p.items} are on the shelf now?")
 
 
 def first_next(p, subject):
@@ -141,7 +143,7 @@ def frame_first_next(p):
 
 def frame_start_last(p):
     """The events first, the start after them."""
-    return (f"{p.name} {', then '.join(phrases(p, 'present'))}. {p.He} starts with {p.start} {p.items}. "
+    return (f"{events_then(p)}. {p.He} starts with {p.start} {p.items}. "
             f"How many {p.items} does {p.he} end with?")
 
 

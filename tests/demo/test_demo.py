@@ -17,8 +17,8 @@ from mcckd.cli import main
 from mcckd.data import extract_answer, read_records
 from mcckd.demo import command, runner, settings
 from mcckd.demo.intervals import mean_interval
-from mcckd.demo.report import difference_line, levelled_line, read_log, results_table
-from mcckd.demo.study import levelled_off, summary_table
+from mcckd.demo.report import difference_line, levelled_line, levelled_off, read_log, results_table
+from mcckd.demo.study import summary_table
 
 SMALL = settings.Sizes(train=48, test=12, curve=12, teacher_samples=8)
 STEPS, SEED = 2, 3
